@@ -1,0 +1,12 @@
+//! consent-drop: consent-proof files in a drop folder → consent events.
+//!
+//! The pipeline, one module a stage: [`config`] → [`watch`] (find ready
+//! files) → [`claim`] / [`journal`] (durable state) → [`parse`] (file →
+//! validated rows) → [`event`] (row → consent event) → [`sink`] (batches →
+//! file or HTTP). [`pipeline`] runs one file through them; [`daemon`] and
+//! [`commands`] drive it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod parse;
+pub mod sink;

@@ -1,0 +1,167 @@
+//! sink: hands batches of encoded events to their destination and says,
+//! batch by batch and in order, which ones are durably acknowledged.
+//!
+//! Two destinations: [`file`] (NDJSON files, acknowledged by fsync) and
+//! [`http`] (the consents API, acknowledged by a 2xx). A sink never decides
+//! what a file's outcome is and never touches the journal: it only reports
+//! [`Ack`]s, and an ack is only ever given for what is really delivered.
+
+pub mod file;
+pub mod http;
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SinkSettings;
+
+/// The batches of one import occurrence go to one delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryTarget {
+    pub occurrence_id: String,
+    pub import: String,
+    /// Adds `$disable_integrations=true` to the API requests.
+    pub disable_integrations: bool,
+    /// File-sink output name stem, e.g. `20261123T145500Z_newsletter-proofs_<occurrence>`.
+    pub output_stem: String,
+}
+
+/// Up to `batch_size` events, already encoded as JSON objects, in row order.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Position of the batch within its occurrence, from 0.
+    pub seq: u64,
+    /// The events' JSON texts, back to back.
+    pub buf: Vec<u8>,
+    pub events: Vec<EventSpan>,
+}
+
+/// Where one event sits in [`Batch::buf`], and the source line it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSpan {
+    pub line: u64,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Batch {
+    pub fn new(seq: u64) -> Batch {
+        Batch {
+            seq,
+            buf: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The JSON of event `index`.
+    pub fn event(&self, index: usize) -> &[u8] {
+        let span = self.events[index];
+        &self.buf[span.start..span.end]
+    }
+
+    /// Appends one event: `write` writes its JSON into the buffer.
+    pub fn push_with(&mut self, line: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        write(&mut self.buf);
+        let end = self.buf.len();
+        self.events.push(EventSpan { line, start, end });
+    }
+}
+
+/// A batch (and every one before it) is durably delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub seq: u64,
+    /// Sink-specific resume point (the file sink: bytes written so far).
+    pub cursor: u64,
+    /// Events of this batch the receiver refused, with its message.
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub line: u64,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the sink cannot start: {0}")]
+    Setup(String),
+    #[error("stopped before the delivery finished")]
+    Interrupted,
+}
+
+/// A configured destination, shared by all files.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    File(file::FileSink),
+    Http(http::HttpSink),
+}
+
+impl Sink {
+    /// `shutdown` interrupts retries and waits.
+    pub fn from_settings(settings: &SinkSettings, shutdown: CancellationToken) -> Result<Sink, SinkError> {
+        Ok(match settings {
+            SinkSettings::File(file) => Sink::File(file::FileSink::new(file.clone())),
+            SinkSettings::Http(http) => Sink::Http(http::HttpSink::new(http.clone(), shutdown)?),
+        })
+    }
+
+    /// Starts (or, with `resume_cursor` from the last ack, resumes) one occurrence.
+    pub async fn open(&self, target: &DeliveryTarget, resume_cursor: Option<u64>) -> Result<Delivery, SinkError> {
+        Ok(match self {
+            Sink::File(sink) => Delivery::File(sink.open(target, resume_cursor)?),
+            Sink::Http(sink) => Delivery::Http(sink.open(target)),
+        })
+    }
+
+    /// Called on SIGHUP: credentials may have been fixed, so stop waiting and try again now.
+    pub fn credentials_changed(&self) {
+        if let Sink::Http(sink) = self {
+            sink.credentials_changed();
+        }
+    }
+}
+
+/// The delivery of one occurrence's batches, in order.
+#[derive(Debug)]
+pub enum Delivery {
+    File(file::FileDelivery),
+    Http(http::HttpDelivery),
+}
+
+impl Delivery {
+    /// Hands over the next batch (seq strictly increasing). Returns the acks
+    /// that became final, in order, possibly for earlier batches. May wait
+    /// while the sink applies back-pressure.
+    pub async fn send(&mut self, batch: Batch) -> Result<Vec<Ack>, SinkError> {
+        match self {
+            Delivery::File(delivery) => delivery.send(batch),
+            Delivery::Http(delivery) => delivery.send(batch).await,
+        }
+    }
+
+    /// Delivers everything handed over and returns the remaining acks. On
+    /// shutdown it returns the acks it has and `Err(Interrupted)`.
+    pub async fn finish(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
+        match self {
+            Delivery::File(delivery) => delivery.finish(),
+            Delivery::Http(delivery) => delivery.finish().await,
+        }
+    }
+}
