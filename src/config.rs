@@ -250,7 +250,7 @@ impl WatchSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkSettings {
     File(FileSinkSettings),
     Http(HttpSinkSettings),

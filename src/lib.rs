@@ -10,3 +10,11 @@
 pub mod config;
 pub mod parse;
 pub mod sink;
+pub mod claim;
+pub mod event;
+pub mod journal;
+pub mod pipeline;
+pub mod commands;
+pub mod daemon;
+pub mod logging;
+pub mod watch;

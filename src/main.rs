@@ -1,1 +1,135 @@
-fn main() {}
+//! The `consent-drop` binary: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use consent_drop::commands::{self, CheckOptions, Exit, ImportOptions};
+use consent_drop::logging::{self, LogFormat};
+
+/// Watches an SFTP drop folder for consent-proof files and delivers them as consent events.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log lines as human text or JSON.
+    #[arg(long, value_enum, global = true, default_value = "human")]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The daemon: watch the drop folder and deliver every ready file.
+    Run {
+        /// Config file (default: the embedded local config, file sink under ./var/).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and dry-run proof files: nothing is sent or moved.
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Read the files with this import instead of matching their names.
+        #[arg(long)]
+        import: Option<String>,
+        /// Also check the API credentials (opens a session; sends no event).
+        #[arg(long)]
+        online: bool,
+        /// How many rejects and events to show per file.
+        #[arg(long, default_value_t = 3)]
+        show: usize,
+        files: Vec<PathBuf>,
+    },
+    /// Import one file now, in the foreground.
+    Import {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Read the file with this import instead of matching its name.
+        #[arg(long)]
+        import: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        file: PathBuf,
+    },
+    /// Recent import occurrences from the journal.
+    Status {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a sample proof file in an import's format.
+    Sample {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        import: String,
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { Exit::Usage as u8 } else { 0 });
+        }
+    };
+    logging::init(match cli.log_format {
+        LogFormatArg::Human => LogFormat::Human,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    let mut out = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Run { config } => commands::run(config.as_deref()),
+        Command::Check { config, import, online, show, files } => commands::check(
+            &CheckOptions {
+                config: config.as_deref(),
+                files,
+                import: import.as_deref(),
+                online: *online,
+                show: *show,
+            },
+            &mut out,
+        ),
+        Command::Import { config, import, quiet, file } => commands::import(
+            &ImportOptions {
+                config: config.as_deref(),
+                file,
+                import: import.as_deref(),
+                progress: !quiet,
+            },
+            &mut out,
+        ),
+        Command::Status { config, limit, json } => {
+            commands::status(config.as_deref(), *limit, *json, &mut out)
+        }
+        Command::Sample { config, import, rows, output } => {
+            commands::sample(config.as_deref(), import, *rows, output.as_deref(), &mut out)
+        }
+    };
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(err) => {
+            let exit = err.exit();
+            eprintln!("consent-drop: {:#}", anyhow::Error::from(err));
+            exit
+        }
+    };
+    ExitCode::from(exit as u8)
+}

@@ -1,31 +1,833 @@
-//! Date formats of SPEC §1.
-use chrono::{DateTime, Utc};
+//! Date formats of SPEC §1 and the import's time zone.
+//!
+//! A format is one of three kinds, decided once by [`DateFormat::new`]:
+//! - a *token pattern* (the eight standard formats, or any other arrangement of
+//!   `dd MM yyyy HH mm ss` and literal characters): compiled into fixed byte
+//!   offsets, parsed strictly (exactly two digits, four for `yyyy`, real
+//!   calendar dates, seconds 00–59) without chrono's lenient parser;
+//! - a *strftime pattern* (it contains `%`): read with chrono's
+//!   `NaiveDateTime::parse_from_str`, accepted only if it writes and reads back
+//!   a date to the second.
+//!
+//! The local time is then placed in the zone: a time in a spring-forward gap is
+//! an error, an ambiguous fall-back time takes the earlier instant. The reader
+//! keeps a [`ZoneCache`] of the zone's UTC offset per local hour, so the zone
+//! database is consulted about once per hour of dates, not once per row.
+use std::fmt::Write as _;
+
+use chrono::format::{Item, StrftimeItems};
+use chrono::{
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 
+/// The eight standard formats of SPEC §1.
+pub const STANDARD_FORMATS: [&str; 8] = [
+    "dd/MM/yyyy HH:mm:ss",
+    "dd-MM-yyyy HH:mm:ss",
+    "dd.MM.yyyy HH:mm:ss",
+    "MM-dd-yyyy HH:mm:ss",
+    "MM/dd/yyyy HH:mm:ss",
+    "MMddyyyy HH:mm:ss",
+    "MM.dd.yyyy HH:mm:ss",
+    "yyyy-MM-dd HH:mm:ss",
+];
+
+/// A checked date format.
 #[derive(Debug, Clone)]
 pub struct DateFormat {
     pattern: String,
+    kind: Kind,
+    /// Spaces in a formatted date (for the space separator).
+    spaces: usize,
 }
 
+#[derive(Debug, Clone)]
+enum Kind {
+    Tokens { pieces: Vec<Piece>, layout: Layout },
+    Strftime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Day,
+    Month,
+    Year,
+    Hour,
+    Minute,
+    Second,
+}
+
+impl Token {
+    const ALL: [Token; 6] = [
+        Token::Day,
+        Token::Month,
+        Token::Year,
+        Token::Hour,
+        Token::Minute,
+        Token::Second,
+    ];
+
+    fn text(self) -> &'static str {
+        match self {
+            Token::Day => "dd",
+            Token::Month => "MM",
+            Token::Year => "yyyy",
+            Token::Hour => "HH",
+            Token::Minute => "mm",
+            Token::Second => "ss",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Token::Day => "day",
+            Token::Month => "month",
+            Token::Year => "year",
+            Token::Hour => "hour",
+            Token::Minute => "minute",
+            Token::Second => "second",
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            Token::Year => 4,
+            _ => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Literal(char),
+    Token(Token),
+}
+
+/// A token pattern compiled to byte offsets.
+#[derive(Debug, Clone, Default)]
+struct Layout {
+    len: usize,
+    literals: Vec<(usize, u8)>,
+    year: usize,
+    month: usize,
+    day: usize,
+    hour: usize,
+    minute: usize,
+    second: usize,
+}
+
+/// Why a date was refused; the text is the human reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DateError {
-    #[error("placeholder")]
-    Placeholder,
+    #[error("{text:?} does not match the date format {pattern:?}")]
+    Mismatch { text: String, pattern: String },
+    #[error("{text:?} does not match the date format {pattern:?} ({reason})")]
+    Strftime {
+        text: String,
+        pattern: String,
+        reason: String,
+    },
+    #[error("{text:?}: {field} {value:02} is out of range")]
+    OutOfRange {
+        text: String,
+        field: &'static str,
+        value: u32,
+    },
+    #[error("{text:?} is not a calendar date (month {month:02} of {year} has no day {day:02})")]
+    NoSuchDay {
+        text: String,
+        year: i64,
+        month: u32,
+        day: u32,
+    },
+    #[error("{text:?} does not exist in {zone} (daylight-saving gap)")]
+    Gap { text: String, zone: String },
+    #[error("{text:?} is outside the supported range of dates")]
+    Unsupported { text: String },
+}
+
+/// At most this many characters of a refused date are quoted in a message.
+const SHOWN: usize = 64;
+
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// The zone's UTC offset per local hour, for hours with a single offset.
+pub(crate) struct ZoneCache {
+    tz: Option<Tz>,
+    slots: [(i64, i32); ZoneCache::SLOTS],
+}
+
+impl ZoneCache {
+    const SLOTS: usize = 128;
+    const EMPTY: i64 = i64::MIN;
+
+    pub(crate) fn new() -> ZoneCache {
+        ZoneCache {
+            tz: None,
+            slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
+        }
+    }
+}
+
+impl Default for ZoneCache {
+    fn default() -> Self {
+        ZoneCache::new()
+    }
+}
+
+impl std::fmt::Debug for ZoneCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneCache").field("tz", &self.tz).finish()
+    }
+}
+
+/// A local date and time, fields already range-checked.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+/// A sample instant whose fields are all distinct (checks strftime patterns).
+fn sample_instant() -> Option<NaiveDateTime> {
+    NaiveDate::from_ymd_opt(2021, 7, 15)?.and_hms_opt(13, 45, 17)
 }
 
 impl DateFormat {
+    /// Checks a pattern; the error is a human message for a config error.
     pub fn new(pattern: &str) -> Result<DateFormat, String> {
+        if pattern.trim().is_empty() {
+            return Err("is empty; use a format such as \"dd/MM/yyyy HH:mm:ss\"".into());
+        }
+        if pattern.contains('%') {
+            return DateFormat::new_strftime(pattern);
+        }
+        let pieces = compile_tokens(pattern)?;
+        let layout = layout_of(&pieces);
+        let spaces = pattern.matches(' ').count();
         Ok(DateFormat {
             pattern: pattern.to_string(),
+            kind: Kind::Tokens { pieces, layout },
+            spaces,
         })
     }
+
+    fn new_strftime(pattern: &str) -> Result<DateFormat, String> {
+        if StrftimeItems::new(pattern).any(|item| matches!(item, Item::Error)) {
+            return Err(format!("{pattern:?} is not a valid strftime pattern"));
+        }
+        let sample = sample_instant().ok_or("internal: no sample date")?;
+        let mut written = String::new();
+        if write!(
+            written,
+            "{}",
+            sample.format_with_items(StrftimeItems::new(pattern))
+        )
+        .is_err()
+        {
+            return Err(format!(
+                "{pattern:?} cannot format a local date and time (time-zone fields such as %z are not allowed)"
+            ));
+        }
+        let parsed = NaiveDateTime::parse_from_str(&written, pattern).map_err(|err| {
+            format!(
+                "{pattern:?} cannot read back the dates it writes ({written:?}: {err}); \
+                 it must give the date and the time to the second"
+            )
+        })?;
+        if parsed.with_nanosecond(0) != Some(sample) {
+            return Err(format!(
+                "{pattern:?} reads {written:?} back as {parsed}, not {sample}; \
+                 it must give the date and the time to the second"
+            ));
+        }
+        Ok(DateFormat {
+            pattern: pattern.to_string(),
+            kind: Kind::Strftime,
+            spaces: written.matches(' ').count(),
+        })
+    }
+
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
-    pub fn parse(&self, _text: &str, _tz: Tz) -> Result<DateTime<Utc>, DateError> {
-        todo!()
+
+    /// How many spaces a date written in this format contains.
+    pub fn space_count(&self) -> usize {
+        self.spaces
     }
-    pub fn format(&self, _instant: DateTime<Utc>, _tz: Tz) -> String {
-        todo!()
+
+    /// Parses a date written in this format, in zone `tz`.
+    pub fn parse(&self, text: &str, tz: Tz) -> Result<DateTime<Utc>, DateError> {
+        self.parse_cached(text, tz, &mut ZoneCache::new())
+    }
+
+    /// [`DateFormat::parse`] with the reader's cache of zone offsets.
+    pub(crate) fn parse_cached(
+        &self,
+        text: &str,
+        tz: Tz,
+        cache: &mut ZoneCache,
+    ) -> Result<DateTime<Utc>, DateError> {
+        let local = match &self.kind {
+            Kind::Tokens { layout, .. } => self.read_tokens(layout, text)?,
+            Kind::Strftime => self.read_strftime(text)?,
+        };
+        place_in_zone(local, tz, text, cache)
+    }
+
+    fn mismatch(&self, text: &str) -> DateError {
+        DateError::Mismatch {
+            text: shown(text),
+            pattern: self.pattern.clone(),
+        }
+    }
+
+    fn read_tokens(&self, layout: &Layout, text: &str) -> Result<Local, DateError> {
+        let bytes = text.as_bytes();
+        if bytes.len() != layout.len {
+            return Err(self.mismatch(text));
+        }
+        for &(at, byte) in &layout.literals {
+            if bytes.get(at) != Some(&byte) {
+                return Err(self.mismatch(text));
+            }
+        }
+        let digits = |at: usize, width: usize| -> Option<u32> {
+            let mut value = 0u32;
+            for &b in bytes.get(at..at + width)? {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    return None;
+                }
+                value = value * 10 + u32::from(d);
+            }
+            Some(value)
+        };
+        let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+            digits(layout.year, 4),
+            digits(layout.month, 2),
+            digits(layout.day, 2),
+            digits(layout.hour, 2),
+            digits(layout.minute, 2),
+            digits(layout.second, 2),
+        ) else {
+            return Err(self.mismatch(text));
+        };
+        check_local(
+            text,
+            Local {
+                year: i64::from(year),
+                month,
+                day,
+                hour,
+                minute,
+                second,
+            },
+        )
+    }
+
+    fn read_strftime(&self, text: &str) -> Result<Local, DateError> {
+        let naive = NaiveDateTime::parse_from_str(text, &self.pattern).map_err(|err| {
+            DateError::Strftime {
+                text: shown(text),
+                pattern: self.pattern.clone(),
+                reason: err.to_string(),
+            }
+        })?;
+        // chrono reads a seconds field of 60 as a leap second.
+        if naive.nanosecond() >= 1_000_000_000 {
+            return Err(DateError::OutOfRange {
+                text: shown(text),
+                field: "second",
+                value: 60,
+            });
+        }
+        Ok(Local {
+            year: i64::from(naive.year()),
+            month: naive.month(),
+            day: naive.day(),
+            hour: naive.hour(),
+            minute: naive.minute(),
+            second: naive.second(),
+        })
+    }
+
+    /// Writes `instant` in this format, in zone `tz` (for sample files).
+    pub fn format(&self, instant: DateTime<Utc>, tz: Tz) -> String {
+        let local = instant.with_timezone(&tz).naive_local();
+        let mut out = String::new();
+        match &self.kind {
+            Kind::Tokens { pieces, .. } => {
+                for piece in pieces {
+                    let _ = match piece {
+                        Piece::Literal(c) => {
+                            out.push(*c);
+                            Ok(())
+                        }
+                        Piece::Token(Token::Year) => write!(out, "{:04}", local.year()),
+                        Piece::Token(Token::Month) => write!(out, "{:02}", local.month()),
+                        Piece::Token(Token::Day) => write!(out, "{:02}", local.day()),
+                        Piece::Token(Token::Hour) => write!(out, "{:02}", local.hour()),
+                        Piece::Token(Token::Minute) => write!(out, "{:02}", local.minute()),
+                        Piece::Token(Token::Second) => write!(out, "{:02}", local.second()),
+                    };
+                }
+            }
+            Kind::Strftime => {
+                let _ = write!(
+                    out,
+                    "{}",
+                    local.format_with_items(StrftimeItems::new(&self.pattern))
+                );
+            }
+        }
+        out
+    }
+}
+
+fn compile_tokens(pattern: &str) -> Result<Vec<Piece>, String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        if !c.is_alphabetic() {
+            pieces.push(Piece::Literal(c));
+            i += 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&other| other == c).count();
+        let token = match (c, run) {
+            ('d', 2) => Token::Day,
+            ('M', 2) => Token::Month,
+            ('y', 4) => Token::Year,
+            ('H', 2) => Token::Hour,
+            ('m', 2) => Token::Minute,
+            ('s', 2) => Token::Second,
+            _ => {
+                let bad: String = std::iter::repeat_n(c, run).collect();
+                return Err(format!(
+                    "{pattern:?}: {bad:?} is not a date token; use dd, MM, yyyy, HH, mm, ss \
+                     and literal characters (or a strftime pattern with %)"
+                ));
+            }
+        };
+        if pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Token(t) if *t == token))
+        {
+            return Err(format!(
+                "{pattern:?}: {} appears more than once",
+                token.text()
+            ));
+        }
+        pieces.push(Piece::Token(token));
+        i += run;
+    }
+    for token in Token::ALL {
+        if !pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Token(t) if *t == token))
+        {
+            return Err(format!(
+                "{pattern:?} has no {} ({}); a date format needs dd, MM, yyyy, HH, mm and ss",
+                token.text(),
+                token.name()
+            ));
+        }
+    }
+    Ok(pieces)
+}
+
+fn layout_of(pieces: &[Piece]) -> Layout {
+    let mut layout = Layout::default();
+    let mut at = 0;
+    for piece in pieces {
+        match piece {
+            Piece::Literal(c) => {
+                let mut utf8 = [0u8; 4];
+                for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                    layout.literals.push((at, b));
+                    at += 1;
+                }
+            }
+            Piece::Token(token) => {
+                let slot = match token {
+                    Token::Day => &mut layout.day,
+                    Token::Month => &mut layout.month,
+                    Token::Year => &mut layout.year,
+                    Token::Hour => &mut layout.hour,
+                    Token::Minute => &mut layout.minute,
+                    Token::Second => &mut layout.second,
+                };
+                *slot = at;
+                at += token.width();
+            }
+        }
+    }
+    layout.len = at;
+    layout
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap(year) => 29,
+        _ => 28,
+    }
+}
+
+fn check_local(text: &str, local: Local) -> Result<Local, DateError> {
+    let out_of_range = |field: &'static str, value: u32| DateError::OutOfRange {
+        text: shown(text),
+        field,
+        value,
+    };
+    if !(1..=12).contains(&local.month) {
+        return Err(out_of_range("month", local.month));
+    }
+    if local.day == 0 || local.day > 31 {
+        return Err(out_of_range("day", local.day));
+    }
+    if local.day > days_in_month(local.year, local.month) {
+        return Err(DateError::NoSuchDay {
+            text: shown(text),
+            year: local.year,
+            month: local.month,
+            day: local.day,
+        });
+    }
+    if local.hour > 23 {
+        return Err(out_of_range("hour", local.hour));
+    }
+    if local.minute > 59 {
+        return Err(out_of_range("minute", local.minute));
+    }
+    if local.second > 59 {
+        return Err(out_of_range("second", local.second));
+    }
+    Ok(local)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn place_in_zone(
+    local: Local,
+    tz: Tz,
+    text: &str,
+    cache: &mut ZoneCache,
+) -> Result<DateTime<Utc>, DateError> {
+    let unsupported = || DateError::Unsupported { text: shown(text) };
+    let days = days_from_civil(local.year, local.month, local.day);
+    let seconds = days * 86_400
+        + i64::from(local.hour) * 3_600
+        + i64::from(local.minute) * 60
+        + i64::from(local.second);
+    if tz == Tz::UTC {
+        return DateTime::from_timestamp(seconds, 0).ok_or_else(unsupported);
+    }
+    if cache.tz != Some(tz) {
+        *cache = ZoneCache::new();
+        cache.tz = Some(tz);
+    }
+    let key = days * 24 + i64::from(local.hour);
+    let slot = key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
+    if let Some(&(cached_key, offset)) = cache.slots.get(slot) {
+        if cached_key == key {
+            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
+                .ok_or_else(unsupported);
+        }
+    }
+    let year = i32::try_from(local.year).map_err(|_| unsupported())?;
+    let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
+    let at = |h: u32, m: u32, s: u32| date.and_hms_opt(h, m, s).ok_or_else(unsupported);
+    let start = tz.from_local_datetime(&at(local.hour, 0, 0)?);
+    let end = tz.from_local_datetime(&at(local.hour, 59, 59)?);
+    if let (LocalResult::Single(a), LocalResult::Single(b)) = (&start, &end) {
+        let offset = a.offset().fix().local_minus_utc();
+        if offset == b.offset().fix().local_minus_utc() {
+            if let Some(entry) = cache.slots.get_mut(slot) {
+                *entry = (key, offset);
+            }
+            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
+                .ok_or_else(unsupported);
+        }
+    }
+    match tz.from_local_datetime(&at(local.hour, local.minute, local.second)?) {
+        LocalResult::Single(instant) => Ok(instant.with_timezone(&Utc)),
+        LocalResult::Ambiguous(a, b) => Ok(a.with_timezone(&Utc).min(b.with_timezone(&Utc))),
+        LocalResult::None => Err(DateError::Gap {
+            text: shown(text),
+            zone: tz.name().to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    fn parse(pattern: &str, text: &str) -> Result<DateTime<Utc>, DateError> {
+        DateFormat::new(pattern).unwrap().parse(text, Tz::UTC)
+    }
+
+    #[test]
+    fn every_standard_format_parses_a_known_date() {
+        let want = utc(2021, 3, 5, 14, 7, 9);
+        let texts = [
+            "05/03/2021 14:07:09",
+            "05-03-2021 14:07:09",
+            "05.03.2021 14:07:09",
+            "03-05-2021 14:07:09",
+            "03/05/2021 14:07:09",
+            "03052021 14:07:09",
+            "03.05.2021 14:07:09",
+            "2021-03-05 14:07:09",
+        ];
+        for (pattern, text) in STANDARD_FORMATS.iter().zip(texts) {
+            assert_eq!(parse(pattern, text), Ok(want), "{pattern} {text}");
+        }
+    }
+
+    #[test]
+    fn standard_format_in_a_zone_gives_the_utc_instant() {
+        let format = DateFormat::new("dd/MM/yyyy HH:mm:ss").unwrap();
+        // Paris is UTC+2 in summer, UTC+1 in winter.
+        assert_eq!(
+            format.parse("03/06/2020 23:28:55", chrono_tz::Europe::Paris),
+            Ok(utc(2020, 6, 3, 21, 28, 55))
+        );
+        assert_eq!(
+            format.parse("15/01/2020 08:00:00", chrono_tz::Europe::Paris),
+            Ok(utc(2020, 1, 15, 7, 0, 0))
+        );
+    }
+
+    #[test]
+    fn impossible_dates_and_times_are_refused() {
+        let p = "dd/MM/yyyy HH:mm:ss";
+        assert!(matches!(
+            parse(p, "31/02/2021 10:00:00"),
+            Err(DateError::NoSuchDay { .. })
+        ));
+        assert!(matches!(
+            parse(p, "29/02/2021 10:00:00"),
+            Err(DateError::NoSuchDay { .. })
+        ));
+        assert_eq!(parse(p, "29/02/2024 10:00:00"), Ok(utc(2024, 2, 29, 10, 0, 0)));
+        assert!(matches!(
+            parse(p, "01/13/2021 10:00:00"),
+            Err(DateError::OutOfRange { field: "month", .. })
+        ));
+        assert!(matches!(
+            parse(p, "01/01/2021 24:00:00"),
+            Err(DateError::OutOfRange { field: "hour", .. })
+        ));
+        assert!(matches!(
+            parse(p, "01/01/2021 23:60:00"),
+            Err(DateError::OutOfRange { field: "minute", .. })
+        ));
+        assert!(matches!(
+            parse(p, "01/01/2021 23:59:60"),
+            Err(DateError::OutOfRange { field: "second", .. })
+        ));
+    }
+
+    #[test]
+    fn shapes_other_than_the_pattern_are_refused() {
+        let p = "dd/MM/yyyy HH:mm:ss";
+        for text in [
+            "05/03/21 10:00:00",      // two-digit year
+            "3/5/2021 10:00:00",      // one-digit day and month
+            "05/03/2021 10:00:00 x",  // trailing junk
+            "05/03/2021 10:00:00Z",   // trailing junk
+            "05-03-2021 10:00:00",    // wrong literal
+            "05/03/2021 10:00",       // no seconds
+            "05/03/2021T10:00:00",    // wrong literal
+            "0a/03/2021 10:00:00",    // not a digit
+            "+5/03/2021 10:00:00",    // sign
+            "",
+        ] {
+            assert!(
+                matches!(parse(p, text), Err(DateError::Mismatch { .. })),
+                "{text:?} should not parse"
+            );
+        }
+        let err = parse(p, "3/5/2021 10:00:00").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"3/5/2021 10:00:00\" does not match the date format \"dd/MM/yyyy HH:mm:ss\""
+        );
+    }
+
+    #[test]
+    fn custom_token_pattern() {
+        let format = DateFormat::new("yyyyMMdd'T'HHmmss").unwrap();
+        assert_eq!(
+            format.parse("20210305'T'140709", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+        let format = DateFormat::new("HH:mm:ss le dd·MM·yyyy").unwrap();
+        assert_eq!(format.space_count(), 2);
+        assert_eq!(
+            format.parse("14:07:09 le 05·03·2021", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+        assert_eq!(
+            format.format(utc(2021, 3, 5, 14, 7, 9), Tz::UTC),
+            "14:07:09 le 05·03·2021"
+        );
+    }
+
+    #[test]
+    fn strftime_pattern() {
+        let format = DateFormat::new("%Y-%m-%dT%H:%M:%S").unwrap();
+        assert_eq!(
+            format.parse("2021-03-05T14:07:09", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+        assert!(matches!(
+            format.parse("2021-03-05 14:07:09", Tz::UTC),
+            Err(DateError::Strftime { .. })
+        ));
+        assert!(matches!(
+            format.parse("2021-03-05T14:07:60", Tz::UTC),
+            Err(DateError::OutOfRange { field: "second", .. })
+        ));
+        assert_eq!(
+            format.format(utc(2021, 3, 5, 14, 7, 9), Tz::UTC),
+            "2021-03-05T14:07:09"
+        );
+        let format = DateFormat::new("%d %b %Y %H:%M:%S").unwrap();
+        assert_eq!(format.space_count(), 3);
+        assert_eq!(
+            format.parse("05 Mar 2021 14:07:09", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+    }
+
+    #[test]
+    fn daylight_saving_gap_is_refused_and_overlap_takes_the_earlier_instant() {
+        let format = DateFormat::new("yyyy-MM-dd HH:mm:ss").unwrap();
+        let paris = chrono_tz::Europe::Paris;
+        let err = format.parse("2026-03-29 02:30:00", paris).unwrap_err();
+        assert!(matches!(err, DateError::Gap { .. }));
+        assert_eq!(
+            err.to_string(),
+            "\"2026-03-29 02:30:00\" does not exist in Europe/Paris (daylight-saving gap)"
+        );
+        // 02:30 happens twice on 2026-10-25: first at UTC+2 (00:30Z), then at UTC+1.
+        assert_eq!(
+            format.parse("2026-10-25 02:30:00", paris),
+            Ok(utc(2026, 10, 25, 0, 30, 0))
+        );
+        // Around the transitions, with a shared cache, offsets stay right.
+        let mut cache = ZoneCache::new();
+        for (text, want) in [
+            ("2026-03-29 01:59:59", utc(2026, 3, 29, 0, 59, 59)),
+            ("2026-03-29 03:00:00", utc(2026, 3, 29, 1, 0, 0)),
+            ("2026-03-29 01:00:00", utc(2026, 3, 29, 0, 0, 0)),
+            ("2026-10-25 01:59:59", utc(2026, 10, 24, 23, 59, 59)),
+            ("2026-10-25 02:00:00", utc(2026, 10, 25, 0, 0, 0)),
+            ("2026-10-25 03:00:00", utc(2026, 10, 25, 2, 0, 0)),
+            ("2026-10-25 02:59:59", utc(2026, 10, 25, 0, 59, 59)),
+            ("2026-10-25 03:00:00", utc(2026, 10, 25, 2, 0, 0)),
+        ] {
+            assert_eq!(format.parse_cached(text, paris, &mut cache), Ok(want), "{text}");
+        }
+        // A cache filled for one zone is not used for another.
+        assert_eq!(
+            format.parse_cached("2026-10-25 03:00:00", chrono_tz::America::New_York, &mut cache),
+            Ok(utc(2026, 10, 25, 7, 0, 0))
+        );
+    }
+
+    #[test]
+    fn cached_offsets_agree_with_chrono_over_a_year() {
+        let format = DateFormat::new("yyyy-MM-dd HH:mm:ss").unwrap();
+        for tz in [
+            chrono_tz::Europe::Paris,
+            chrono_tz::Australia::Lord_Howe,
+            chrono_tz::America::St_Johns,
+            chrono_tz::Asia::Kolkata,
+        ] {
+            let mut cache = ZoneCache::new();
+            let mut t = utc(2026, 1, 1, 0, 0, 0);
+            while t < utc(2027, 1, 1, 0, 0, 0) {
+                let local = t.with_timezone(&tz).naive_local();
+                let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
+                let want = match tz.from_local_datetime(&local) {
+                    LocalResult::Single(x) => x.with_timezone(&Utc),
+                    LocalResult::Ambiguous(a, b) => a.with_timezone(&Utc).min(b.with_timezone(&Utc)),
+                    LocalResult::None => unreachable!(),
+                };
+                assert_eq!(format.parse_cached(&text, tz, &mut cache), Ok(want), "{tz} {text}");
+                t += chrono::Duration::seconds(7 * 60 + 13);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for pattern in [
+            "",
+            "dd/MM/yy HH:mm:ss",
+            "dd/MM/yyyy HH:mm",
+            "dd/MM/yyyy hh:mm:ss",
+            "d/M/yyyy HH:mm:ss",
+            "dd/MM/yyyy HH:mm:ss dd",
+            "dd/MM/yyyy HH:mm:ss a",
+            "dd/MMM/yyyy HH:mm:ss",
+            "%Y-%m-%d %H:%M",
+            "%Y-%m-%d",
+            "%Y-%m-%d %H:%M:%S %z",
+            "%Y-%m-%d %H:%M:%S %Q",
+        ] {
+            assert!(DateFormat::new(pattern).is_err(), "{pattern:?} should be refused");
+        }
+        let msg = DateFormat::new("dd/MM/yy HH:mm:ss").unwrap_err();
+        assert!(msg.contains("\"yy\" is not a date token"), "{msg}");
+        for pattern in STANDARD_FORMATS {
+            assert_eq!(DateFormat::new(pattern).unwrap().pattern(), pattern);
+        }
+    }
+
+    #[test]
+    fn format_round_trips_through_parse() {
+        let paris = chrono_tz::Europe::Paris;
+        let instant = utc(2026, 7, 1, 22, 5, 3);
+        for pattern in STANDARD_FORMATS {
+            let format = DateFormat::new(pattern).unwrap();
+            let text = format.format(instant, paris);
+            assert_eq!(format.parse(&text, paris), Ok(instant), "{pattern} {text}");
+        }
     }
 }

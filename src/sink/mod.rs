@@ -156,6 +156,19 @@ impl Delivery {
         }
     }
 
+    /// Shutdown: makes durable what can be, without completing the
+    /// occurrence (the file sink keeps its `.partial` file), and returns the
+    /// acks. Batches not acknowledged are sent again on resume.
+    pub async fn checkpoint(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
+        match self {
+            Delivery::File(delivery) => match delivery.checkpoint() {
+                Ok(acks) => (acks, Ok(())),
+                Err(err) => (Vec::new(), Err(err)),
+            },
+            Delivery::Http(delivery) => delivery.finish().await,
+        }
+    }
+
     /// Delivers everything handed over and returns the remaining acks. On
     /// shutdown it returns the acks it has and `Err(Interrupted)`.
     pub async fn finish(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {

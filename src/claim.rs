@@ -1,0 +1,301 @@
+//! claim: moves files between the drop folder and the state folder, durably.
+//!
+//! Owns the on-disk life of a proof file: the claim into `processing/`
+//! (an atomic rename, or copy + fsync + unlink across file systems), and the
+//! final move into `archive/YYYY-MM-DD/` or `failed/` beside its report.
+//! Every move is followed by an fsync of the folders involved. It never
+//! deletes a proof file, and never opens one through a symbolic link.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+
+// TEMPORARY until parse::Utf8Probe lands.
+struct Utf8Probe { carry: Vec<u8>, ok: bool }
+impl Utf8Probe {
+    fn new() -> Self { Utf8Probe { carry: Vec::new(), ok: true } }
+    fn feed(&mut self, chunk: &[u8]) {
+        if !self.ok { return; }
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(chunk);
+        match std::str::from_utf8(&data) {
+            Ok(_) => {}
+            Err(err) if err.error_len().is_none() => self.carry = data[err.valid_up_to()..].to_vec(),
+            Err(_) => self.ok = false,
+        }
+    }
+    fn finish(&self) -> bool { self.ok && self.carry.is_empty() }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> ClaimError + '_ {
+    move |source| ClaimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The folders of the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDirs {
+    pub root: PathBuf,
+    /// Claimed files, until their last batch is acknowledged.
+    pub processing: PathBuf,
+    /// Delivered files, by day, with their reports.
+    pub archive: PathBuf,
+    /// Quarantined or unreadable files, with their reports.
+    pub failed: PathBuf,
+    /// Scratch files of files in flight (rejects being collected).
+    pub work: PathBuf,
+}
+
+impl StateDirs {
+    pub fn create(root: &Path) -> Result<StateDirs, ClaimError> {
+        let dirs = StateDirs {
+            root: root.to_path_buf(),
+            processing: root.join("processing"),
+            archive: root.join("archive"),
+            failed: root.join("failed"),
+            work: root.join("work"),
+        };
+        for dir in [&dirs.root, &dirs.processing, &dirs.archive, &dirs.failed, &dirs.work] {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+        }
+        Ok(dirs)
+    }
+
+    /// Where a claimed file lives: its occurrence id, `--`, its original name.
+    pub fn processing_path(&self, occurrence_id: &str, file_name: &str) -> PathBuf {
+        self.processing.join(format!("{occurrence_id}--{file_name}"))
+    }
+
+    pub fn rejects_work_path(&self, occurrence_id: &str) -> PathBuf {
+        self.work.join(format!("{occurrence_id}.rejects.csv"))
+    }
+}
+
+/// Splits a `processing/` name back into occurrence id and original name.
+pub fn parse_processing_name(name: &str) -> Option<(&str, &str)> {
+    let (id, original) = name.split_once("--")?;
+    uuid::Uuid::parse_str(id).ok()?;
+    (!original.is_empty()).then_some((id, original))
+}
+
+/// Moves a ready file from the drop folder into `processing/`.
+pub fn claim_move(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    match fs::rename(source, destination) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            copy_durably(source, destination)?;
+            fs::remove_file(source).map_err(io_at(source))?;
+        }
+        Err(err) => return Err(io_at(source)(err)),
+    }
+    sync_dir_of(destination)?;
+    sync_dir_of(source)
+}
+
+/// Copies a file into `processing/` and leaves the original in place (the
+/// `import` command: the operator's own file is not ours to move).
+pub fn claim_copy(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    copy_durably(source, destination)?;
+    sync_dir_of(destination)
+}
+
+/// Copy to a temporary name, fsync, then rename: the destination is either
+/// absent or whole.
+fn copy_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    let mut input = open_regular(source).map_err(io_at(source))?;
+    let temporary = destination.with_extension("claiming");
+    let mut output = File::create(&temporary).map_err(io_at(&temporary))?;
+    io::copy(&mut input, &mut output).map_err(io_at(&temporary))?;
+    output.sync_all().map_err(io_at(&temporary))?;
+    fs::rename(&temporary, destination).map_err(io_at(destination))
+}
+
+/// Opens a regular file for reading, refusing symbolic links (`O_NOFOLLOW`)
+/// and anything that is not a regular file, without blocking on FIFOs.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// What the content of a file is, read once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub sha256: String,
+    pub size: u64,
+    /// Whether the whole file is valid UTF-8 (resolves `encoding = "auto"`).
+    pub is_utf8: bool,
+}
+
+pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
+    let mut file = open_regular(path)?;
+    let mut hasher = Sha256::new();
+    let mut probe = Utf8Probe::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        hasher.update(&buffer[..read]);
+        probe.feed(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok(Fingerprint {
+        sha256: hex(&hasher.finalize()),
+        size,
+        is_utf8: probe.finish(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[(byte >> 4) as usize] as char);
+        text.push(DIGITS[(byte & 15) as usize] as char);
+    }
+    text
+}
+
+/// Where a finished file and its report go.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub file: PathBuf,
+    pub report: PathBuf,
+    pub rejects: PathBuf,
+}
+
+/// Chooses free names in `dir` for the file, its report and its rejects:
+/// the original name, or `<occurrence>--<name>` when that is taken.
+pub fn choose_placement(dir: &Path, file_name: &str, occurrence_id: &str) -> Placement {
+    let placement = |name: &str| Placement {
+        file: dir.join(name),
+        report: dir.join(format!("{name}.report.json")),
+        rejects: dir.join(format!("{name}.rejects.csv")),
+    };
+    let plain = placement(file_name);
+    if plain.file.exists() || plain.report.exists() {
+        placement(&format!("{occurrence_id}--{file_name}"))
+    } else {
+        plain
+    }
+}
+
+/// Writes a small file durably: temporary name, fsync, rename, fsync folder.
+pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
+    let temporary = path.with_extension("writing");
+    let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
+    file.write_all(content).map_err(io_at(&temporary))?;
+    file.sync_all().map_err(io_at(&temporary))?;
+    fs::rename(&temporary, path).map_err(io_at(path))?;
+    sync_dir_of(path)
+}
+
+/// Moves a file within the state folder (same file system) durably.
+pub fn move_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    if let Some(parent) = destination.parent() {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    fs::rename(source, destination).map_err(io_at(source))?;
+    sync_dir_of(destination)?;
+    sync_dir_of(source)
+}
+
+pub fn sync_dir_of(path: &Path) -> Result<(), ClaimError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_at(parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processing_names_round_trip() {
+        let id = "6f1c3c3e-8e3b-4d0c-9f4e-2b7a0c1d2e3f";
+        let name = format!("{id}--pr-a--b.csv");
+        assert_eq!(parse_processing_name(&name), Some((id, "pr-a--b.csv")));
+        assert_eq!(parse_processing_name("pr-a--b.csv"), None);
+    }
+
+    #[test]
+    fn fingerprint_hashes_and_detects_utf8() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.csv");
+        fs::write(&path, "test").expect("write");
+        let print = fingerprint(&path).expect("fingerprint");
+        assert_eq!(
+            print.sha256,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert_eq!(print.size, 4);
+        assert!(print.is_utf8);
+        fs::write(&path, b"caf\xe9").expect("write");
+        assert!(!fingerprint(&path).expect("fingerprint").is_utf8);
+    }
+
+    #[test]
+    fn symbolic_links_and_fifos_are_never_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("secret");
+        fs::write(&target, "x").expect("write");
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(open_regular(&link).is_err());
+        let fifo = dir.path().join("fifo.csv");
+        let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert!(open_regular(&fifo).is_err());
+    }
+
+    #[test]
+    fn claim_moves_and_placement_avoids_overwriting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = StateDirs::create(&dir.path().join("state")).expect("dirs");
+        let source = dir.path().join("a.csv");
+        fs::write(&source, "x").expect("write");
+        let destination = dirs.processing_path("6f1c3c3e-8e3b-4d0c-9f4e-2b7a0c1d2e3f", "a.csv");
+        claim_move(&source, &destination).expect("claim");
+        assert!(!source.exists());
+        assert_eq!(fs::read(&destination).expect("read"), b"x");
+        let first = choose_placement(&dirs.archive, "a.csv", "o1");
+        assert_eq!(first.file, dirs.archive.join("a.csv"));
+        fs::write(&first.file, "x").expect("write");
+        let second = choose_placement(&dirs.archive, "a.csv", "o2");
+        assert_eq!(second.file, dirs.archive.join("o2--a.csv"));
+    }
+}

@@ -1,0 +1,316 @@
+//! event: one validated row → one consent event (SPEC §2), as JSON bytes.
+//!
+//! Owns the event's shape and its id. The id is a UUID v5 of the import name
+//! and the row's normalised content, so the same proof always gives the same
+//! id and the API's de-duplication makes every retry safe. Pure: no I/O, no
+//! clock; the JSON is written by hand into a reused buffer because this is
+//! the hottest loop of an import.
+
+use std::sync::OnceLock;
+
+use base64::Engine;
+use chrono::{Datelike, Timelike};
+use uuid::Uuid;
+
+use crate::config::Import;
+use crate::parse::Row;
+
+/// The namespace of every event id. Changing it changes every id: never do.
+fn namespace() -> &'static Uuid {
+    static NAMESPACE: OnceLock<Uuid> = OnceLock::new();
+    NAMESPACE.get_or_init(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, b"consent-drop/consent-event"))
+}
+
+/// The id of the event a row becomes. Every part is length-prefixed, so no
+/// content (whatever bytes it holds) can make two different rows collide.
+pub fn event_id(import: &str, row: &Row<'_>) -> Uuid {
+    let mut name = Vec::with_capacity(128);
+    event_id_name(&mut name, import, row);
+    Uuid::new_v5(namespace(), &name)
+}
+
+fn event_id_name(name: &mut Vec<u8>, import: &str, row: &Row<'_>) {
+    let instant = row.instant.timestamp().to_string();
+    for part in [
+        import,
+        row.email,
+        row.purpose_id,
+        row.purpose_text,
+        instant.as_str(),
+        row.origin,
+    ] {
+        name.extend_from_slice(part.len().to_string().as_bytes());
+        name.push(b':');
+        name.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// Writes the events of one file: the parts that do not change from row to
+/// row are encoded once.
+#[derive(Debug, Clone)]
+pub struct EventWriter {
+    import: String,
+    user_metadata_json: Option<Vec<u8>>,
+    /// `,"import":…,"source_file":…,"source_sha256":…,"source_line":`
+    source_json: Vec<u8>,
+    attach_row_proof: bool,
+    id_name: Vec<u8>,
+}
+
+impl EventWriter {
+    pub fn new(import: &Import, source_file: &str, source_sha256: &str) -> EventWriter {
+        let user_metadata_json = if import.user_metadata.is_empty() {
+            None
+        } else {
+            let mut out = Vec::new();
+            out.push(b'{');
+            for (index, (key, value)) in import.user_metadata.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_json_str(&mut out, key);
+                out.push(b':');
+                write_json_str(&mut out, value);
+            }
+            out.push(b'}');
+            Some(out)
+        };
+        let mut source_json = Vec::new();
+        source_json.extend_from_slice(b",\"import\":");
+        write_json_str(&mut source_json, &import.name);
+        source_json.extend_from_slice(b",\"source_file\":");
+        write_json_str(&mut source_json, source_file);
+        source_json.extend_from_slice(b",\"source_sha256\":");
+        write_json_str(&mut source_json, source_sha256);
+        source_json.extend_from_slice(b",\"source_line\":");
+        EventWriter {
+            import: import.name.clone(),
+            user_metadata_json,
+            source_json,
+            attach_row_proof: import.attach_row_proof,
+            id_name: Vec::with_capacity(256),
+        }
+    }
+
+    /// Appends the event's JSON object to `out` and returns its id.
+    pub fn write(&mut self, row: &Row<'_>, out: &mut Vec<u8>) -> Uuid {
+        self.id_name.clear();
+        event_id_name(&mut self.id_name, &self.import, row);
+        let id = Uuid::new_v5(namespace(), &self.id_name);
+
+        out.extend_from_slice(b"{\"id\":\"");
+        let mut id_text = Uuid::encode_buffer();
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut id_text).as_bytes());
+        out.extend_from_slice(b"\",\"created_at\":\"");
+        write_rfc3339_utc(out, row);
+        out.extend_from_slice(b"\",\"user\":{\"organization_user_id\":");
+        write_json_str(out, row.email);
+        if let Some(metadata) = &self.user_metadata_json {
+            out.extend_from_slice(b",\"metadata\":");
+            out.extend_from_slice(metadata);
+        }
+        out.extend_from_slice(b"},\"consents\":{\"purposes\":[{\"id\":");
+        write_json_str(out, row.purpose_id);
+        out.extend_from_slice(b",\"enabled\":true}]},\"metadata\":{\"consent_origin\":");
+        write_json_str(out, row.origin);
+        out.extend_from_slice(b",\"consent_purpose_text\":");
+        write_json_str(out, row.purpose_text);
+        out.extend_from_slice(&self.source_json);
+        write_u64(out, row.line);
+        out.push(b'}');
+        if self.attach_row_proof {
+            out.extend_from_slice(b",\"proofs\":[\"data:text/csv;base64,");
+            let start = out.len();
+            let room = base64::encoded_len(row.raw.len(), true).unwrap_or(0);
+            out.resize(start + room, 0);
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(row.raw, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.extend_from_slice(b"\"]");
+        }
+        out.push(b'}');
+        id
+    }
+}
+
+fn write_rfc3339_utc(out: &mut Vec<u8>, row: &Row<'_>) {
+    let t = row.instant.naive_utc();
+    let year = t.year();
+    if (0..=9999).contains(&year) {
+        write_padded(out, year as u32, 4);
+    } else {
+        // Out of RFC 3339's range: chrono's own rendering keeps it unambiguous.
+        out.extend_from_slice(t.format("%Y").to_string().as_bytes());
+    }
+    out.push(b'-');
+    write_padded(out, t.month(), 2);
+    out.push(b'-');
+    write_padded(out, t.day(), 2);
+    out.push(b'T');
+    write_padded(out, t.hour(), 2);
+    out.push(b':');
+    write_padded(out, t.minute(), 2);
+    out.push(b':');
+    write_padded(out, t.second(), 2);
+    out.push(b'Z');
+}
+
+fn write_padded(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut rest = value;
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// A JSON string literal, escaped per RFC 8259.
+pub fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..index]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{byte:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = index + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+    use chrono::TimeZone;
+
+    fn import(extra: &str) -> Import {
+        let text = format!(
+            "[watch]\ndir = \"d\"\n[state]\ndir = \"s\"\n[sink]\nkind = \"file\"\ndir = \"o\"\n\
+             [[import]]\nname = \"news\"\npattern = \".*\"\ndate_format = \"yyyy-MM-dd HH:mm:ss\"\n\
+             default_purpose = \"email_global\"\n{extra}"
+        );
+        let config = parse_config(&text, "t.toml", std::path::Path::new("")).expect("config");
+        (*config.imports[0]).clone()
+    }
+
+    fn row<'a>(email: &'a str, origin: &'a str, raw: &'a [u8]) -> Row<'a> {
+        Row {
+            line: 12,
+            email,
+            purpose_id: "newsletter_weekly",
+            purpose_text: "I agree \"weekly\"",
+            instant: chrono::Utc.with_ymd_and_hms(2020, 6, 3, 21, 28, 55).single().expect("valid"),
+            origin,
+            raw,
+        }
+    }
+
+    #[test]
+    fn event_has_the_spec_shape() {
+        let import = import("attach_row_proof = true\n[import.user_metadata]\nsource = \"partner-x\"");
+        let mut writer = EventWriter::new(&import, "pr-1.csv", "abc123");
+        let mut out = Vec::new();
+        let the_row = row("jane@example.com", "203.0.113.7", b"jane@example.com;x");
+        let id = writer.write(&the_row, &mut out);
+        let event: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(event["id"], id.to_string());
+        assert_eq!(event["created_at"], "2020-06-03T21:28:55Z");
+        assert_eq!(event["user"]["organization_user_id"], "jane@example.com");
+        assert_eq!(event["user"]["metadata"]["source"], "partner-x");
+        assert_eq!(event["consents"]["purposes"][0]["id"], "newsletter_weekly");
+        assert_eq!(event["consents"]["purposes"][0]["enabled"], true);
+        assert_eq!(event["metadata"]["consent_origin"], "203.0.113.7");
+        assert_eq!(event["metadata"]["consent_purpose_text"], "I agree \"weekly\"");
+        assert_eq!(event["metadata"]["import"], "news");
+        assert_eq!(event["metadata"]["source_file"], "pr-1.csv");
+        assert_eq!(event["metadata"]["source_sha256"], "abc123");
+        assert_eq!(event["metadata"]["source_line"], 12);
+        assert_eq!(
+            event["proofs"][0],
+            "data:text/csv;base64,amFuZUBleGFtcGxlLmNvbTt4"
+        );
+        assert_eq!(id.get_version_num(), 5);
+        assert_eq!(id, event_id("news", &the_row));
+    }
+
+    #[test]
+    fn no_proofs_and_no_user_metadata_unless_configured() {
+        let import = import("");
+        let mut writer = EventWriter::new(&import, "f.csv", "00");
+        let mut out = Vec::new();
+        writer.write(&row("a@b.co", "x", b"raw"), &mut out);
+        let event: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert!(event.get("proofs").is_none());
+        assert!(event["user"].get("metadata").is_none());
+    }
+
+    #[test]
+    fn same_proof_same_id_and_any_change_another() {
+        let base = row("a@b.co", "1.2.3.4", b"");
+        let id = event_id("news", &base);
+        assert_eq!(id, event_id("news", &Row { line: 99, raw: b"other", ..base }));
+        assert_ne!(id, event_id("other", &base));
+        assert_ne!(id, event_id("news", &Row { email: "c@b.co", ..base }));
+        assert_ne!(id, event_id("news", &Row { purpose_id: "p2", ..base }));
+        assert_ne!(id, event_id("news", &Row { purpose_text: "t2", ..base }));
+        assert_ne!(id, event_id("news", &Row { origin: "1.2.3.5", ..base }));
+        let later = base.instant + chrono::Duration::seconds(1);
+        assert_ne!(id, event_id("news", &Row { instant: later, ..base }));
+    }
+
+    #[test]
+    fn shifting_bytes_between_fields_changes_the_id() {
+        let one = row("a@b.co", "x", b"");
+        let two = Row { purpose_id: "newsletter_weekl", purpose_text: "yI agree \"weekly\"", ..one };
+        assert_ne!(event_id("n", &one), event_id("n", &two));
+    }
+
+    #[test]
+    fn json_strings_escape_control_and_quote_characters() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, "a\"b\\c\nd\u{1}é");
+        let back: String = serde_json::from_slice(&out).expect("valid");
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_valid_json(text in ".*") {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &text);
+            let back: String = serde_json::from_slice(&out).expect("valid");
+            proptest::prop_assert_eq!(back, text);
+        }
+    }
+}

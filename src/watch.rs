@@ -1,0 +1,396 @@
+//! watch: finds the files of the drop folder that are ready to be claimed.
+//!
+//! Watcher events are hints, not truth: every decision is made from the
+//! file's own state at the time. A file is ready once it was closed after
+//! writing (or arrived by rename) and its size and mtime held still for
+//! `settle`; a file found by a scan with no event seen settles by size and
+//! mtime and by a check that no process holds it open for writing. Only the
+//! top level of the folder is watched. This module never opens a proof file
+//! and never moves one: it only names candidates.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {path}: {message}")]
+    Watch { path: PathBuf, message: String },
+    #[error("cannot list {path}: {source}")]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the watcher saw, reduced to what readiness needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// Created or written to: someone may still be writing.
+    Written(String),
+    /// Closed after writing.
+    Closed(String),
+    /// Renamed into the folder: complete as it appears.
+    Arrived(String),
+    /// Events may have been lost: scan the folder again.
+    Rescan,
+}
+
+/// Starts watching `dir` (top level only). Keep the returned watcher alive.
+pub fn start(dir: &Path) -> Result<(notify::RecommendedWatcher, UnboundedReceiver<Hint>), WatchError> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+        let hints = match result {
+            Ok(event) => hints_of(&event),
+            Err(_) => vec![Hint::Rescan],
+        };
+        for hint in hints {
+            let _ = sender.send(hint);
+        }
+    })
+    .map_err(|err| watch_error(dir, err))?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|err| watch_error(dir, err))?;
+    Ok((watcher, receiver))
+}
+
+fn watch_error(dir: &Path, err: notify::Error) -> WatchError {
+    let message = match &err.kind {
+        notify::ErrorKind::MaxFilesWatch => "the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`".to_string(),
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => "the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`".to_string(),
+        _ => err.to_string(),
+    };
+    WatchError::Watch {
+        path: dir.to_path_buf(),
+        message,
+    }
+}
+
+fn hints_of(event: &notify::Event) -> Vec<Hint> {
+    if event.need_rescan() {
+        return vec![Hint::Rescan];
+    }
+    let names = || {
+        event
+            .paths
+            .iter()
+            .filter_map(|path| path.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+    };
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => names().map(Hint::Closed).collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => names().map(Hint::Arrived).collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event
+            .paths
+            .last()
+            .and_then(|path| path.file_name())
+            .map(|name| vec![Hint::Arrived(name.to_string_lossy().into_owned())])
+            .unwrap_or_default(),
+        EventKind::Create(CreateKind::File | CreateKind::Any) | EventKind::Modify(_) => {
+            names().map(Hint::Written).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    size: u64,
+    mtime: (i64, i64),
+    still_since: Instant,
+    /// Closed after writing, or arrived by rename, since the last write.
+    closed: bool,
+    /// A write was seen and no close after it.
+    writing: bool,
+}
+
+/// Decides which files are ready. Pure but for `stat` (and `/proc` for the
+/// open-for-writing check), so it is driven by the caller's clock.
+#[derive(Debug)]
+pub struct Readiness {
+    dir: PathBuf,
+    settle: Duration,
+    candidates: HashMap<String, Candidate>,
+    /// Names already handed out or left in place on purpose, with the state
+    /// they had: reconsidered only if they change.
+    parked: HashMap<String, (u64, (i64, i64))>,
+    ignored: HashSet<String>,
+}
+
+impl Readiness {
+    pub fn new(dir: &Path, settle: Duration) -> Readiness {
+        Readiness {
+            dir: dir.to_path_buf(),
+            settle,
+            candidates: HashMap::new(),
+            parked: HashMap::new(),
+            ignored: HashSet::new(),
+        }
+    }
+
+    pub fn set_settle(&mut self, settle: Duration) {
+        self.settle = settle;
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.candidates.len()
+    }
+
+    pub fn observe(&mut self, hint: Hint, now: Instant) {
+        match hint {
+            Hint::Written(name) => {
+                self.parked.remove(&name);
+                let candidate = self.candidate(name, now);
+                candidate.writing = true;
+                candidate.closed = false;
+                candidate.still_since = now;
+            }
+            Hint::Closed(name) | Hint::Arrived(name) => {
+                self.parked.remove(&name);
+                let candidate = self.candidate(name, now);
+                candidate.writing = false;
+                candidate.closed = true;
+                candidate.still_since = now;
+            }
+            Hint::Rescan => {}
+        }
+    }
+
+    fn candidate(&mut self, name: String, now: Instant) -> &mut Candidate {
+        self.candidates.entry(name).or_insert(Candidate {
+            size: u64::MAX,
+            mtime: (0, 0),
+            still_since: now,
+            closed: false,
+            writing: false,
+        })
+    }
+
+    /// Lists the folder: files no event told us about become candidates.
+    /// After lost events (`full`), what we believed about writers is dropped.
+    pub fn scan(&mut self, now: Instant, full: bool) -> Result<(), WatchError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| WatchError::List {
+            path: self.dir.clone(),
+            source,
+        })?;
+        if full {
+            for candidate in self.candidates.values_mut() {
+                candidate.writing = false;
+            }
+        }
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if self.candidates.contains_key(&name) {
+                continue;
+            }
+            if let Some(&(size, mtime)) = self.parked.get(&name) {
+                match fs::symlink_metadata(entry.path()) {
+                    Ok(meta) if meta.size() == size && mtime_of(&meta) == mtime => continue,
+                    _ => {
+                        self.parked.remove(&name);
+                    }
+                }
+            }
+            self.candidate(name, now);
+        }
+        Ok(())
+    }
+
+    /// Names that are ready now. `skip` says a name is never to be opened
+    /// (ignored patterns); those are dropped and remembered.
+    pub fn ready(&mut self, now: Instant, skip: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let mut ready = Vec::new();
+        let mut gone = Vec::new();
+        for (name, candidate) in self.candidates.iter_mut() {
+            if skip(name) {
+                gone.push(name.clone());
+                if self.ignored.insert(name.clone()) {
+                    tracing::debug!(file = %name, "ignored name: never opened");
+                }
+                continue;
+            }
+            let path = self.dir.join(name);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(_) => {
+                    gone.push(name.clone());
+                    continue;
+                }
+            };
+            if !meta.file_type().is_file() {
+                if self.ignored.insert(name.clone()) {
+                    tracing::warn!(file = %name, "not a regular file (link, folder, FIFO, socket or device): never opened");
+                }
+                gone.push(name.clone());
+                continue;
+            }
+            let mtime = mtime_of(&meta);
+            if meta.size() != candidate.size || mtime != candidate.mtime {
+                candidate.size = meta.size();
+                candidate.mtime = mtime;
+                candidate.still_since = now;
+                continue;
+            }
+            if now.duration_since(candidate.still_since) < self.settle {
+                continue;
+            }
+            let complete = candidate.closed
+                || (!candidate.writing && !held_open_for_writing(&path));
+            if complete {
+                ready.push(name.clone());
+            }
+        }
+        for name in gone {
+            self.candidates.remove(&name);
+        }
+        ready.sort();
+        ready
+    }
+
+    /// The caller took the name (claimed it, or decided to leave it): forget
+    /// it until the file changes.
+    pub fn park(&mut self, name: &str) {
+        if let Some(candidate) = self.candidates.remove(name) {
+            self.parked
+                .insert(name.to_string(), (candidate.size, candidate.mtime));
+        }
+    }
+
+    /// The caller took the name away (claimed): forget it entirely.
+    pub fn forget(&mut self, name: &str) {
+        self.candidates.remove(name);
+        self.parked.remove(name);
+    }
+}
+
+fn mtime_of(meta: &fs::Metadata) -> (i64, i64) {
+    (meta.mtime(), meta.mtime_nsec())
+}
+
+/// Whether any process we may inspect holds the file open for writing
+/// (Linux `/proc`). Processes we may not inspect are not counted: the
+/// close-after-write event covers those.
+pub fn held_open_for_writing(path: &Path) -> bool {
+    let Ok(target) = fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return false;
+    };
+    for process in processes.flatten() {
+        let pid = process.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).ok().as_deref() != Some(target.as_path()) {
+                continue;
+            }
+            let info = process.path().join("fdinfo").join(fd.file_name());
+            let Ok(text) = fs::read_to_string(info) else {
+                continue;
+            };
+            let flags = text
+                .lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|value| u32::from_str_radix(value.trim(), 8).ok());
+            if let Some(flags) = flags {
+                let mode = flags & libc::O_ACCMODE as u32;
+                if mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const SETTLE: Duration = Duration::from_millis(100);
+
+    fn never(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_closed_file_is_ready_after_settle_and_not_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Written("a.csv".into()), start);
+        readiness.observe(Hint::Closed("a.csv".into()), start);
+        assert!(readiness.ready(start, &never).is_empty(), "first stat");
+        assert!(readiness.ready(start + SETTLE / 2, &never).is_empty(), "too soon");
+        assert_eq!(readiness.ready(start + SETTLE * 2, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn a_file_written_but_not_closed_is_never_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Written("a.csv".into()), start);
+        readiness.ready(start, &never);
+        assert!(readiness.ready(start + SETTLE * 100, &never).is_empty());
+    }
+
+    #[test]
+    fn a_scanned_file_held_open_for_writing_waits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.csv");
+        let mut writer = std::fs::File::create(&path).expect("create");
+        writer.write_all(b"x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.scan(start, false).expect("scan");
+        readiness.ready(start, &never);
+        assert!(readiness.ready(start + SETTLE * 2, &never).is_empty(), "still open");
+        drop(writer);
+        assert_eq!(readiness.ready(start + SETTLE * 3, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn growth_restarts_the_settle_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.csv");
+        std::fs::write(&path, "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Arrived("a.csv".into()), start);
+        readiness.ready(start, &never);
+        std::fs::write(&path, "xy").expect("grow");
+        assert!(readiness.ready(start + SETTLE * 2, &never).is_empty(), "changed");
+        assert_eq!(readiness.ready(start + SETTLE * 4, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn links_fifos_and_ignored_names_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv.part"), "x").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link.csv")).expect("link");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.scan(start, false).expect("scan");
+        let skip = |name: &str| name.ends_with(".part");
+        readiness.ready(start, &skip);
+        assert!(readiness.ready(start + SETTLE * 2, &skip).is_empty());
+        assert_eq!(readiness.waiting(), 0);
+    }
+}

@@ -1,0 +1,605 @@
+//! An honest, in-process consents-events API for tests and local trials.
+//!
+//! It does what the real API does with what consent-drop sends, and nothing
+//! more: `POST /sessions` trades an API key and secret for a JWT-shaped access
+//! token with an `exp`; `POST /consents/events?organization_id=…` checks the
+//! bearer token, validates the events (a JSON array of 1..=100, each with a
+//! UUID `id`, an RFC 3339 `created_at`, `user.organization_user_id`,
+//! `consents.purposes` and `metadata`), stores each id once, and answers
+//! `{"imported": n}`. A request with any invalid or refused event is answered
+//! as a whole (400 / 422) and stores nothing, like the real API.
+//!
+//! Faults are switched on by the test: 503s at a deterministic ratio, bursts
+//! of 429 with `Retry-After`, slow answers, dropped connections, revoked
+//! tokens, 403 for everything, changed credentials. Events whose
+//! `user.organization_user_id` contains `+refuse` are refused with 422.
+//!
+//! Included with `#[path = "support/api_server.rs"] mod api_server;` by the
+//! integration tests and by `examples/test_server.rs`.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// How the server starts. `Default` gives key `test-key`, secret
+/// `test-secret`, one-hour tokens, any organization, `127.0.0.1:0`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where to listen; `None` binds `127.0.0.1:0`.
+    pub listen: Option<SocketAddr>,
+    pub api_key: String,
+    pub secret: String,
+    /// Bearer tokens accepted as they are (for `token_file` / `token_env`).
+    pub static_tokens: Vec<String>,
+    /// Lifetime of the tokens `/sessions` issues, in seconds.
+    pub token_lifetime_s: u64,
+    /// When set, events POSTed for another organization get 403.
+    pub organization_id: Option<String>,
+    /// Seed of the pseudo-random 503s of [`ApiServer::set_fail_ratio`].
+    pub seed: u64,
+    /// Events whose `user.organization_user_id` contains this are refused (422).
+    pub refuse_marker: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            listen: None,
+            api_key: "test-key".into(),
+            secret: "test-secret".into(),
+            static_tokens: Vec::new(),
+            token_lifetime_s: 3600,
+            organization_id: None,
+            seed: 0x5eed,
+            refuse_marker: "+refuse".into(),
+        }
+    }
+}
+
+/// A running server; it stops accepting connections when dropped.
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    api_key: String,
+    secret: String,
+    token_lifetime_s: u64,
+    organization_id: Option<String>,
+    refuse_marker: String,
+    /// Issued session tokens and their `exp` (unix seconds).
+    issued: HashMap<String, u64>,
+    /// Every token ever issued, revoked or not (to check logs against).
+    all_issued: Vec<String>,
+    static_tokens: HashSet<String>,
+    /// Stored events, in arrival order, and their ids.
+    events: Vec<Value>,
+    ids: HashSet<String>,
+    duplicates: u64,
+    requests: u64,
+    sessions_opened: u64,
+    session_attempts: u64,
+    queries: Vec<String>,
+    user_agents: Vec<String>,
+    fail_ratio: f64,
+    rng: u64,
+    burst_429: u64,
+    retry_after_s: u64,
+    delay: Duration,
+    drop_connections: u64,
+    forbidden: bool,
+    in_flight: u64,
+    max_in_flight: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    /// splitmix64: deterministic for a seed, good enough for fault injection.
+    fn next_random(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl ApiServer {
+    pub async fn start(options: ServerOptions) -> ApiServer {
+        let listen = options
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(err) => panic!("test server cannot listen on {listen}: {err}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(err) => panic!("test server has no address: {err}"),
+        };
+        let inner = Inner {
+            api_key: options.api_key,
+            secret: options.secret,
+            token_lifetime_s: options.token_lifetime_s,
+            organization_id: options.organization_id,
+            refuse_marker: options.refuse_marker,
+            static_tokens: options.static_tokens.into_iter().collect(),
+            rng: options.seed,
+            ..Inner::default()
+        };
+        let state = Arc::new(Shared {
+            inner: Mutex::new(inner),
+        });
+        let app = Router::new()
+            .route("/sessions", post(open_session))
+            .route("/consents/events", post(post_events))
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                eprintln!("test server stopped: {err}");
+            }
+        });
+        ApiServer { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stored events, each id once, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().events.clone()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.state.lock().events.len()
+    }
+
+    /// The ids stored.
+    pub fn event_ids(&self) -> HashSet<String> {
+        self.state.lock().ids.clone()
+    }
+
+    /// Events received again with an id already stored.
+    pub fn duplicates(&self) -> u64 {
+        self.state.lock().duplicates
+    }
+
+    /// POSTs to `/consents/events`, whatever their answer.
+    pub fn requests(&self) -> u64 {
+        self.state.lock().requests
+    }
+
+    /// Successful `POST /sessions`.
+    pub fn sessions_opened(&self) -> u64 {
+        self.state.lock().sessions_opened
+    }
+
+    /// All `POST /sessions`, refused ones too.
+    pub fn session_attempts(&self) -> u64 {
+        self.state.lock().session_attempts
+    }
+
+    pub fn last_query(&self) -> Option<String> {
+        self.state.lock().queries.last().cloned()
+    }
+
+    /// Query strings of the event POSTs, in order (raw, not decoded).
+    pub fn queries(&self) -> Vec<String> {
+        self.state.lock().queries.clone()
+    }
+
+    /// `User-Agent` headers of the event POSTs, in order.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state.lock().user_agents.clone()
+    }
+
+    /// Every access token `/sessions` has issued, revoked ones too.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.lock().all_issued.clone()
+    }
+
+    /// The most event POSTs ever handled at the same time.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.lock().max_in_flight
+    }
+
+    /// Answers this share (0.0..=1.0) of event POSTs with 503.
+    pub fn set_fail_ratio(&self, ratio: f64) {
+        self.state.lock().fail_ratio = ratio;
+    }
+
+    /// The next `count` event POSTs get 429 with `Retry-After: retry_after_secs`.
+    pub fn set_429_burst(&self, count: u64, retry_after_secs: u64) {
+        let mut inner = self.state.lock();
+        inner.burst_429 = count;
+        inner.retry_after_s = retry_after_secs;
+    }
+
+    /// Every event POST waits this long before it is handled.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().delay = delay;
+    }
+
+    /// The next `count` event POSTs lose their connection without an answer.
+    pub fn drop_connections(&self, count: u64) {
+        self.state.lock().drop_connections = count;
+    }
+
+    /// Every issued session token becomes unknown (401); static tokens stay.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().issued.clear();
+    }
+
+    /// 403 for every session and event POST while set.
+    pub fn set_forbidden(&self, forbidden: bool) {
+        self.state.lock().forbidden = forbidden;
+    }
+
+    /// The key and secret `/sessions` accepts from now on.
+    pub fn set_credentials(&self, key: &str, secret: &str) {
+        let mut inner = self.state.lock();
+        inner.api_key = key.to_string();
+        inner.secret = secret.to_string();
+    }
+
+    /// Replaces the accepted static tokens.
+    pub fn set_static_tokens(&self, tokens: &[&str]) {
+        self.state.lock().static_tokens = tokens.iter().map(|t| t.to_string()).collect();
+    }
+
+    /// Polls until `count` distinct events are stored; false on timeout.
+    pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.event_count() >= count).await
+    }
+
+    /// Polls `condition` every 10 ms; false if it is still false after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, condition: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if condition() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    answer(
+        status,
+        json!({ "code": status.as_u16(), "message": message.into() }),
+    )
+}
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+async fn open_session(State(state): State<Arc<Shared>>, body: Bytes) -> Response {
+    let mut inner = state.lock();
+    inner.session_attempts += 1;
+    if inner.forbidden {
+        return error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {err}")),
+    };
+    if request.get("type").and_then(Value::as_str) != Some("api-key") {
+        return error(StatusCode::BAD_REQUEST, "type must be \"api-key\"");
+    }
+    let key = request.get("key").and_then(Value::as_str);
+    let secret = request.get("secret").and_then(Value::as_str);
+    if key != Some(inner.api_key.as_str()) || secret != Some(inner.secret.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "invalid key or secret");
+    }
+    let exp = unix_now() + inner.token_lifetime_s;
+    let signature = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    let token = format!(
+        "{}.{}.{}",
+        b64(&json!({ "alg": "HS256", "typ": "JWT" })),
+        b64(&json!({ "sub": inner.api_key, "exp": exp, "iat": unix_now() })),
+        signature
+    );
+    inner.issued.insert(token.clone(), exp);
+    inner.all_issued.push(token.clone());
+    inner.sessions_opened += 1;
+    answer(StatusCode::OK, json!({ "access_token": token }))
+}
+
+/// Counts an event POST in flight for as long as it lives (even if the
+/// client goes away and the handler is dropped).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(state: &Arc<Shared>) -> InFlight {
+        let mut inner = state.lock();
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}
+
+/// A response whose body fails before its first byte: hyper aborts the
+/// connection instead of sending an answer.
+fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "test server drops this connection",
+        ))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+async fn post_events(
+    State(state): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _in_flight = InFlight::enter(&state);
+    let query = query.unwrap_or_default();
+    let delay = {
+        let mut inner = state.lock();
+        inner.requests += 1;
+        inner.queries.push(query.clone());
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        inner.user_agents.push(agent);
+        if inner.drop_connections > 0 {
+            inner.drop_connections -= 1;
+            return dropped_connection();
+        }
+        inner.delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let mut inner = state.lock();
+    if inner.forbidden {
+        return error(StatusCode::FORBIDDEN, "this key may not write consent events");
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let known = inner.static_tokens.contains(token)
+        || inner.issued.get(token).is_some_and(|exp| unix_now() < *exp);
+    if !known {
+        return error(StatusCode::UNAUTHORIZED, "invalid or expired access token");
+    }
+    if inner.burst_429 > 0 {
+        inner.burst_429 -= 1;
+        let retry_after = inner.retry_after_s.to_string();
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+        if let Ok(value) = retry_after.parse() {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    if inner.fail_ratio > 0.0 && inner.next_random() < inner.fail_ratio {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
+    }
+
+    let params: HashMap<String, String> = form_pairs(&query);
+    let Some(org) = params.get("organization_id").filter(|org| !org.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "organization_id is required");
+    };
+    if let Some(expected) = &inner.organization_id {
+        if org != expected {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("organization {org:?} is not accessible with this token"),
+            );
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
+
+    let events = match validate(&body) {
+        Ok(events) => events,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let marker = inner.refuse_marker.clone();
+    let refused: Vec<String> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, event)| {
+            event
+                .pointer("/user/organization_user_id")
+                .and_then(Value::as_str)
+                .is_some_and(|user| user.contains(&marker))
+        })
+        .map(|(index, event)| {
+            format!(
+                "events[{index}] (id {}): organization_user_id is refused",
+                event.get("id").and_then(Value::as_str).unwrap_or("?")
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, refused.join("; "));
+    }
+    let count = events.len();
+    for event in events {
+        let id = event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if inner.ids.insert(id) {
+            inner.events.push(event);
+        } else {
+            inner.duplicates += 1;
+        }
+    }
+    answer(StatusCode::OK, json!({ "imported": count }))
+}
+
+/// `a=b&c=d` with percent-decoding (`+` is a space).
+fn form_pairs(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The API's schema: a JSON array of 1..=100 events.
+fn validate(body: &[u8]) -> Result<Vec<Value>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| format!("body is not JSON: {err}"))?;
+    let Value::Array(events) = value else {
+        return Err("body must be a JSON array of events".into());
+    };
+    if events.is_empty() || events.len() > 100 {
+        return Err(format!(
+            "a request carries 1 to 100 events, not {}",
+            events.len()
+        ));
+    }
+    for (index, event) in events.iter().enumerate() {
+        validate_event(event).map_err(|problem| format!("events[{index}]{problem}"))?;
+    }
+    Ok(events)
+}
+
+fn validate_event(event: &Value) -> Result<(), String> {
+    let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+    let id = text("/id").ok_or(".id: missing or not a string")?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(format!(".id: {id:?} is not a UUID"));
+    }
+    let created = text("/created_at").ok_or(".created_at: missing or not a string")?;
+    if chrono::DateTime::parse_from_rfc3339(created).is_err() {
+        return Err(format!(".created_at: {created:?} is not an RFC 3339 date"));
+    }
+    match text("/user/organization_user_id") {
+        Some(user) if !user.trim().is_empty() => {}
+        _ => return Err(".user.organization_user_id: missing or empty".into()),
+    }
+    if let Some(metadata) = event.pointer("/user/metadata") {
+        if !metadata.is_object() {
+            return Err(".user.metadata: must be an object".into());
+        }
+    }
+    let purposes = event
+        .pointer("/consents/purposes")
+        .and_then(Value::as_array)
+        .ok_or(".consents.purposes: missing or not an array")?;
+    if purposes.is_empty() {
+        return Err(".consents.purposes: is empty".into());
+    }
+    for (index, purpose) in purposes.iter().enumerate() {
+        if purpose.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(format!(".consents.purposes[{index}].id: missing or empty"));
+        }
+        if purpose.get("enabled").and_then(Value::as_bool).is_none() {
+            return Err(format!(
+                ".consents.purposes[{index}].enabled: missing or not a boolean"
+            ));
+        }
+    }
+    if !event.get("metadata").is_some_and(Value::is_object) {
+        return Err(".metadata: missing or not an object".into());
+    }
+    Ok(())
+}
