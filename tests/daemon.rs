@@ -1,0 +1,186 @@
+//! `consent-drop run` against real folders: readiness, claims, crashes.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use harness::{proof_rows, wait_until, Site, IMPORT};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ids(events: &[serde_json::Value]) -> HashSet<String> {
+    events.iter().map(|e| e["id"].as_str().unwrap_or("").to_string()).collect()
+}
+
+const TWO_IMPORTS: &str = r#"
+[[import]]
+name = "news"
+pattern = "^pr-.*$"
+date_format = "dd/MM/yyyy HH:mm:ss"
+timezone = "Europe/Paris"
+default_purpose = "email_global"
+[import.subscriptions]
+"12" = "newsletter_weekly"
+
+[[import]]
+name = "shop"
+pattern = "^shop_"
+date_format = "yyyy-MM-dd HH:mm:ss"
+separator = ","
+default_purpose = "shop_offers"
+"#;
+
+#[test]
+fn files_for_several_imports_are_delivered_and_archived() {
+    let site = Site::new(TWO_IMPORTS);
+    let mut daemon = site.start();
+    site.drop_file("pr-a.csv", proof_rows("a", 120).as_bytes());
+    site.drop_file("pr-b.csv", proof_rows("b", 30).as_bytes());
+    site.drop_file(
+        "shop_1.csv",
+        b"email,purpose,date,origin\nx@shop.com,offers,2021-01-02 03:04:05,2001:DB8::1\ny@shop.com,offers,2021-01-02 03:04:06,10.0.0.1\n",
+    );
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 3),
+        "three reports expected; log:\n{}",
+        site.log()
+    );
+    let events = site.outbox_events();
+    assert_eq!(events.len(), 152);
+    assert_eq!(ids(&events).len(), 152, "every id once");
+    let shop: Vec<_> = events.iter().filter(|e| e["metadata"]["import"] == "shop").collect();
+    assert_eq!(shop.len(), 2);
+    assert_eq!(shop[0]["consents"]["purposes"][0]["id"], "shop_offers");
+    assert_eq!(shop[0]["metadata"]["consent_origin"], "2001:db8::1");
+    assert_eq!(shop[0]["created_at"], "2021-01-02T03:04:05Z");
+    for report in site.reports("archive") {
+        assert_eq!(report["status"], "archived");
+        assert_eq!(report["rows_rejected"], 0);
+    }
+    assert!(std::fs::read_dir(&site.drop).expect("drop").next().is_none(), "drop folder emptied");
+    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_slow_writer_is_read_once_and_complete() {
+    let site = Site::new(IMPORT);
+    let mut daemon = site.start();
+    let content = proof_rows("slow", 60);
+    let (first, second) = content.split_at(content.len() / 2);
+    let path = site.drop.join("pr-slow.csv");
+    let mut writer = std::fs::File::create(&path).expect("create");
+    writer.write_all(first.as_bytes()).expect("first half");
+    writer.flush().expect("flush");
+    // An SFTP client paused on a slow link: the file stays open, unchanged,
+    // for longer than settle_ms.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(path.exists(), "an open file is never claimed; log:\n{}", site.log());
+    writer.write_all(second.as_bytes()).expect("second half");
+    drop(writer);
+    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    let events = site.outbox_events();
+    assert_eq!(events.len(), 60, "the whole file, once");
+    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
+    let site = Site::new(IMPORT);
+    let rows = 300_000;
+    let mut daemon = site.start();
+    site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
+    let partial_has_data = || {
+        std::fs::read_dir(&site.outbox)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.path().to_string_lossy().ends_with(".partial")
+                        && e.metadata().map(|m| m.len() > 100_000).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    assert!(wait_until(LONG, partial_has_data), "delivery started; log:\n{}", site.log());
+    daemon.kill9();
+    assert!(site.reports("archive").is_empty(), "killed before the end");
+    let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output().expect("status");
+    let journal: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(journal[0]["status"], "delivering");
+    let acked = journal[0]["batches_acked"].as_u64().unwrap_or(0);
+    assert!(acked > 0, "some batches were acknowledged before the kill");
+
+    let mut daemon = site.start();
+    assert!(wait_until(Duration::from_secs(120), || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    let events = site.outbox_events();
+    assert_eq!(events.len(), rows, "no event lost, none written twice");
+    assert_eq!(ids(&events).len(), rows);
+    assert!(site.log().contains("resuming"), "log:\n{}", site.log());
+    assert!(site.files_under("processing").is_empty());
+    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
+    let site = Site::new(IMPORT);
+    let mut daemon = site.start();
+    site.drop_file("pr-once.csv", proof_rows("o", 5).as_bytes());
+    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    site.drop_file("pr-once-again.csv", proof_rows("o", 5).as_bytes());
+    assert!(wait_until(LONG, || site.reports("archive").len() == 2), "log:\n{}", site.log());
+    let duplicate = site.reports("archive").into_iter().find(|r| r["status"] == "duplicate");
+    assert!(duplicate.is_some(), "second copy recorded as duplicate");
+    assert_eq!(site.outbox_events().len(), 5, "sent once");
+
+    let outside = site.path("outside-secret.csv");
+    std::fs::write(&outside, proof_rows("s", 3)).expect("write");
+    std::os::unix::fs::symlink(&outside, site.drop.join("pr-link.csv")).expect("symlink");
+    let fifo = site.drop.join("pr-fifo.csv");
+    let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    site.drop_file("pr-upload.csv.part", proof_rows("p", 3).as_bytes());
+    site.drop_file(".pr-hidden.csv", proof_rows("h", 3).as_bytes());
+    site.drop_file("unmatched.csv", proof_rows("u", 3).as_bytes());
+    // Several rescans (rescan_s = 1) and settle periods pass.
+    assert!(wait_until(Duration::from_secs(5), || site.log().contains("matches no import")));
+    std::thread::sleep(Duration::from_millis(2500));
+    for name in ["pr-link.csv", "pr-fifo.csv", "pr-upload.csv.part", ".pr-hidden.csv", "unmatched.csv"] {
+        assert!(site.drop.join(name).symlink_metadata().is_ok(), "{name} left in place");
+    }
+    assert_eq!(site.outbox_events().len(), 5, "nothing read from them");
+    assert_eq!(site.log().matches("matches no import").count(), 1, "logged once");
+    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn sigterm_mid_file_then_restart_loses_nothing() {
+    let site = Site::new(IMPORT);
+    let rows = 200_000;
+    let mut daemon = site.start();
+    site.drop_file("pr-term.csv", proof_rows("t", rows).as_bytes());
+    assert!(
+        wait_until(LONG, || site.files_under("processing").len() == 1),
+        "claimed; log:\n{}",
+        site.log()
+    );
+    let status = daemon.terminate(Duration::from_secs(60)).expect("exits well inside the stop timeout");
+    assert!(status.success());
+    assert!(site.log().contains("checkpointed"), "stopped mid-file; log:\n{}", site.log());
+    assert_eq!(site.files_under("processing").len(), 1, "the file waits in processing/");
+    let mut daemon = site.start();
+    assert!(wait_until(Duration::from_secs(120), || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    let events = site.outbox_events();
+    assert_eq!(events.len(), rows);
+    assert_eq!(ids(&events).len(), rows);
+    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_bad_config_stops_the_daemon_with_exit_2() {
+    let site = Site::new(&IMPORT.replace("separator = \";\"", "separator = \"|\""));
+    let output = site.command().args(["run", "-c"]).arg(&site.config).output().expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("separator"));
+}

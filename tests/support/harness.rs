@@ -1,0 +1,218 @@
+//! A site for integration tests: a drop folder, a state folder, an outbox,
+//! a config, and the real binary started against them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMPORT: &str = r#"
+[[import]]
+name = "news"
+pattern = "^pr-.*$"
+date_format = "dd/MM/yyyy HH:mm:ss"
+timezone = "Europe/Paris"
+separator = ";"
+encoding = "auto"
+default_purpose = "email_global"
+[import.user_metadata]
+source = "partner-x"
+[import.subscriptions]
+"12" = "newsletter_weekly"
+"#;
+
+pub struct Site {
+    pub root: tempfile::TempDir,
+    pub drop: PathBuf,
+    pub state: PathBuf,
+    pub outbox: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Site {
+    /// A site with the file sink and the given imports.
+    pub fn new(imports: &str) -> Site {
+        Site::with_sink(imports, "kind = \"file\"\ndir = \"OUTBOX\"\nbatch_size = 100")
+    }
+
+    /// `sink` is the body of the [sink] table; `OUTBOX` is replaced by the outbox path.
+    pub fn with_sink(imports: &str, sink: &str) -> Site {
+        let root = tempfile::tempdir().expect("tempdir");
+        let drop = root.path().join("drop");
+        let state = root.path().join("state");
+        let outbox = root.path().join("outbox");
+        std::fs::create_dir_all(&drop).expect("drop folder");
+        let config = root.path().join("consent-drop.toml");
+        let text = format!(
+            "[watch]\ndir = {drop:?}\nsettle_ms = 300\nrescan_s = 1\n\n[state]\ndir = {state:?}\n\n[sink]\n{}\n{imports}",
+            sink.replace("OUTBOX", &outbox.to_string_lossy())
+        );
+        std::fs::write(&config, text).expect("config");
+        Site { root, drop, state, outbox, config }
+    }
+
+    pub fn command(&self) -> assert_cmd::Command {
+        let mut command = assert_cmd::Command::cargo_bin("consent-drop").expect("binary");
+        command.env_remove("RUST_LOG");
+        command
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// Starts `consent-drop run` with stderr captured in `daemon.log`.
+    pub fn start(&self) -> Daemon {
+        self.start_with_env(&[])
+    }
+
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        let log = self.path("daemon.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let mut command = Command::new(assert_cmd::cargo::cargo_bin("consent-drop"));
+        command
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start daemon");
+        Daemon { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// Writes a file atomically into the drop folder (as a rename would).
+    pub fn drop_file(&self, name: &str, content: &[u8]) {
+        let staging = self.path(&format!("staging-{name}"));
+        std::fs::write(&staging, content).expect("write");
+        std::fs::rename(&staging, self.drop.join(name)).expect("rename into drop");
+    }
+
+    /// Every event in the completed outbox files.
+    pub fn outbox_events(&self) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.outbox) else {
+            return events;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            if path.extension().and_then(|e| e.to_str()) != Some("ndjson") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("outbox file");
+            for line in text.lines() {
+                events.push(serde_json::from_str(line).expect("event JSON"));
+            }
+        }
+        events
+    }
+
+    /// Every `.report.json` under archive/ or failed/.
+    pub fn reports(&self, under: &str) -> Vec<serde_json::Value> {
+        let mut reports = Vec::new();
+        collect(&self.state.join(under), &mut |path| {
+            if path.to_string_lossy().ends_with(".report.json") {
+                let text = std::fs::read_to_string(path).expect("report");
+                reports.push(serde_json::from_str(&text).expect("report JSON"));
+            }
+        });
+        reports
+    }
+
+    pub fn files_under(&self, under: &str) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        collect(&self.state.join(under), &mut |path| files.push(path.to_path_buf()));
+        files
+    }
+}
+
+fn collect(dir: &Path, visit: &mut dyn FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, visit);
+        } else {
+            visit(&path);
+        }
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then the exit status (None if it did not exit in time).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `rows` valid rows for the `news` import: distinct e-mails, a header.
+pub fn proof_rows(prefix: &str, rows: usize) -> String {
+    let mut text = String::from("email;purpose;date;origin;subscription\n");
+    for i in 0..rows {
+        let day = 1 + i % 28;
+        let second = i % 60;
+        let subscription = if i % 3 == 0 { "12" } else { "" };
+        text.push_str(&format!(
+            "{prefix}{i}@example.com;J'accepte la lettre d'information;{day:02}/06/2020 21:28:{second:02};203.0.113.{};{subscription}\n",
+            i % 250
+        ));
+    }
+    text
+}
