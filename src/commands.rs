@@ -159,7 +159,9 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
     for warning in config.warnings() {
         writeln!(out, "warning: {warning}").map_err(write_err)?;
     }
+    let mut folders_ok = true;
     for remark in crate::daemon::check_folders(&config) {
+        folders_ok &= !remark.starts_with("error");
         writeln!(out, "{remark}").map_err(write_err)?;
     }
     if options.online {
@@ -173,13 +175,13 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         writeln!(out, "online: {message}").map_err(write_err)?;
     }
 
-    let mut exit = Exit::Success;
+    let mut exit = if folders_ok { Exit::Success } else { Exit::Usage };
     for file in options.files {
         let import = import_for_file(&config, file, options.import)?;
-        match dry_run(import, file, options.show, out)? {
-            Exit::Success => {}
-            other if exit == Exit::Success || other == Exit::Failure => exit = other,
-            _ => {}
+        let outcome = dry_run(import, file, options.show, out)?;
+        // The most serious outcome wins: failure, usage, rejects, success.
+        if outcome as u8 > exit as u8 {
+            exit = outcome;
         }
     }
     Ok(exit)
