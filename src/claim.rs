@@ -14,22 +14,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 
-// TEMPORARY until parse::Utf8Probe lands.
-struct Utf8Probe { carry: Vec<u8>, ok: bool }
-impl Utf8Probe {
-    fn new() -> Self { Utf8Probe { carry: Vec::new(), ok: true } }
-    fn feed(&mut self, chunk: &[u8]) {
-        if !self.ok { return; }
-        let mut data = std::mem::take(&mut self.carry);
-        data.extend_from_slice(chunk);
-        match std::str::from_utf8(&data) {
-            Ok(_) => {}
-            Err(err) if err.error_len().is_none() => self.carry = data[err.valid_up_to()..].to_vec(),
-            Err(_) => self.ok = false,
-        }
-    }
-    fn finish(&self) -> bool { self.ok && self.carry.is_empty() }
-}
+use crate::parse::Utf8Probe;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {

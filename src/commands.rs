@@ -168,7 +168,7 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         let message = match &config.sink {
             SinkSettings::Http(http) => {
                 let settings = http.clone();
-                { let _ = settings; String::from("TEMPORARY") }
+                runtime()?.block_on(crate::sink::http::check_credentials(&settings))?
             }
             SinkSettings::File(_) => "the file sink has no credentials to check".to_string(),
         };

@@ -264,6 +264,12 @@ impl Readiness {
         }
     }
 
+    /// The config changed: names left in place are considered again at the
+    /// next scan.
+    pub fn reconsider_parked(&mut self) {
+        self.parked.clear();
+    }
+
     /// The caller took the name away (claimed): forget it entirely.
     pub fn forget(&mut self, name: &str) {
         self.candidates.remove(name);

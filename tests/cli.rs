@@ -146,3 +146,27 @@ fn a_file_matching_no_import_is_a_usage_error() {
     let output = site.command().args(["import", "-c"]).arg(&site.config).arg(&file).output().expect("run");
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn every_event_names_the_sha256_of_the_archived_file_and_its_line() {
+    use sha2::Digest;
+    let site = Site::new(IMPORT);
+    let file = site.path("pr-audit.csv");
+    std::fs::write(&file, proof_rows("audit", 120)).expect("write");
+    site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).assert().code(0);
+    let reports = site.reports("archive");
+    let archived = reports[0]["file"].as_str().expect("archived path");
+    let archived_bytes = std::fs::read(archived).expect("archived file");
+    let digest = sha2::Sha256::digest(&archived_bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let lines: Vec<&str> = std::str::from_utf8(&archived_bytes).expect("utf-8").lines().collect();
+    let events = site.outbox_events();
+    assert_eq!(events.len(), 120);
+    for event in &events {
+        assert_eq!(event["metadata"]["source_sha256"], hex.as_str());
+        assert_eq!(event["metadata"]["source_file"], "pr-audit.csv");
+        let line = event["metadata"]["source_line"].as_u64().expect("line") as usize;
+        let email = event["user"]["organization_user_id"].as_str().expect("email");
+        assert!(lines[line - 1].starts_with(email), "line {line} of the archived file is the proof");
+    }
+}

@@ -184,3 +184,26 @@ fn a_bad_config_stops_the_daemon_with_exit_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("separator"));
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
+    let site = Site::new(IMPORT);
+    let daemon = site.start();
+    site.drop_file("shop_1.csv", b"email,purpose,date,origin\nx@shop.com,offers,2021-01-02 03:04:05,10.0.0.1\n");
+    assert!(wait_until(LONG, || site.log().contains("matches no import")), "log:\n{}", site.log());
+
+    // A broken config: logged, the running one kept.
+    let good = std::fs::read_to_string(&site.config).expect("config");
+    std::fs::write(&site.config, good.replace("separator = \";\"", "separator = \"|\"")).expect("write");
+    daemon.signal(libc::SIGHUP);
+    assert!(wait_until(LONG, || site.log().contains("configuration not reloaded")), "log:\n{}", site.log());
+
+    // A good one with a new import: the waiting file is taken.
+    let with_shop = format!(
+        "{good}\n[[import]]\nname = \"shop\"\npattern = \"^shop_\"\ndate_format = \"yyyy-MM-dd HH:mm:ss\"\nseparator = \",\"\ndefault_purpose = \"shop_offers\"\n"
+    );
+    std::fs::write(&site.config, with_shop).expect("write");
+    daemon.signal(libc::SIGHUP);
+    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert_eq!(site.outbox_events()[0]["metadata"]["import"], "shop");
+}

@@ -96,6 +96,7 @@ struct Inner {
     ids: HashSet<String>,
     duplicates: u64,
     requests: u64,
+    unauthorized: u64,
     sessions_opened: u64,
     session_attempts: u64,
     queries: Vec<String>,
@@ -113,7 +114,9 @@ struct Inner {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -200,6 +203,11 @@ impl ApiServer {
         self.state.lock().requests
     }
 
+    /// Event POSTs answered 401 (unknown, revoked or expired token).
+    pub fn unauthorized(&self) -> u64 {
+        self.state.lock().unauthorized
+    }
+
     /// Successful `POST /sessions`.
     pub fn sessions_opened(&self) -> u64 {
         self.state.lock().sessions_opened
@@ -280,7 +288,8 @@ impl ApiServer {
 
     /// Polls until `count` distinct events are stored; false on timeout.
     pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, || self.event_count() >= count).await
+        self.wait_until(timeout, || self.event_count() >= count)
+            .await
     }
 
     /// Polls `condition` every 10 ms; false if it is still false after `timeout`.
@@ -419,7 +428,10 @@ async fn post_events(
 
     let mut inner = state.lock();
     if inner.forbidden {
-        return error(StatusCode::FORBIDDEN, "this key may not write consent events");
+        return error(
+            StatusCode::FORBIDDEN,
+            "this key may not write consent events",
+        );
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -429,6 +441,7 @@ async fn post_events(
     let known = inner.static_tokens.contains(token)
         || inner.issued.get(token).is_some_and(|exp| unix_now() < *exp);
     if !known {
+        inner.unauthorized += 1;
         return error(StatusCode::UNAUTHORIZED, "invalid or expired access token");
     }
     if inner.burst_429 > 0 {
@@ -589,7 +602,11 @@ fn validate_event(event: &Value) -> Result<(), String> {
         return Err(".consents.purposes: is empty".into());
     }
     for (index, purpose) in purposes.iter().enumerate() {
-        if purpose.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if purpose
+            .get("id")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             return Err(format!(".consents.purposes[{index}].id: missing or empty"));
         }
         if purpose.get("enabled").and_then(Value::as_bool).is_none() {

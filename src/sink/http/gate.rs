@@ -63,7 +63,11 @@ pub(super) struct Turn<'g> {
 }
 
 enum Decision {
-    Go { probe: bool, pauses_seen: u64, at: Option<Instant> },
+    Go {
+        probe: bool,
+        pauses_seen: u64,
+        at: Option<Instant>,
+    },
     Wait(Option<Instant>),
 }
 
@@ -96,7 +100,9 @@ impl Gate {
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn is_paused(&self) -> bool {
@@ -226,8 +232,9 @@ impl Turn<'_> {
     }
 
     /// The API refused the credentials or the configuration: pause the sink
-    /// (logged once), or keep it paused.
-    pub fn refused(mut self, problem: &str, fix: &str) {
+    /// (logged once), or keep it paused. False when the refusal is stale (the
+    /// request started before the pause, which already says it).
+    pub fn refused(mut self, problem: &str, fix: &str) -> bool {
         self.settled = true;
         let gate = self.gate;
         let now = Instant::now();
@@ -237,7 +244,7 @@ impl Turn<'_> {
             Some(pause) => {
                 if !self.probe {
                     // Sent before the pause began: the pause already says it.
-                    return;
+                    return false;
                 }
                 pause.probing = false;
                 pause.next_probe = now + gate.auth_retry;
@@ -263,6 +270,7 @@ impl Turn<'_> {
             }
             None if stale => {
                 // Sent before a pause that has ended since: just try again.
+                return false;
             }
             None => {
                 state.pauses += 1;
@@ -285,6 +293,7 @@ impl Turn<'_> {
         }
         drop(state);
         gate.changed.notify_waiters();
+        true
     }
 }
 
@@ -307,36 +316,69 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    const AUTH_RETRY: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
     async fn a_pause_lets_one_probe_through_every_auth_retry() {
-        let gate = Gate::new("https://api.test".into(), "api key k".into(), Duration::from_secs(60), None);
+        let gate = Gate::new(
+            "https://api.test".into(),
+            "api key k".into(),
+            AUTH_RETRY,
+            None,
+        );
         let cancel = CancellationToken::new();
-        gate.turn(&cancel).await.expect("open").refused("403", "fix it");
+        let first = gate.turn(&cancel).await.expect("open");
+        let second = gate.turn(&cancel).await.expect("open");
+        assert!(first.refused("403", "fix it"));
         assert!(gate.is_paused());
+        // Sent before the pause: its refusal is not news.
+        assert!(!second.refused("403", "fix it"));
         let start = Instant::now();
         let probe = gate.turn(&cancel).await.expect("probe");
         assert!(probe.is_probe());
-        assert!(start.elapsed() >= Duration::from_secs(60));
-        probe.refused("403", "fix it");
+        assert!(start.elapsed() >= AUTH_RETRY);
+        assert!(probe.refused("403", "fix it"));
         gate.credentials_changed();
+        let start = Instant::now();
         let probe = gate.turn(&cancel).await.expect("probe after reload");
-        assert!(start.elapsed() < Duration::from_secs(61));
+        assert!(start.elapsed() < AUTH_RETRY / 2);
         probe.accepted();
         assert!(!gate.is_paused());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn an_unsettled_probe_lets_the_next_one_through_later() {
+        let gate = Gate::new("u".into(), "w".into(), AUTH_RETRY, None);
+        let cancel = CancellationToken::new();
+        gate.turn(&cancel)
+            .await
+            .expect("open")
+            .refused("404", "fix");
+        let probe = gate.turn(&cancel).await.expect("probe");
+        drop(probe);
+        let start = Instant::now();
+        let probe = gate.turn(&cancel).await.expect("next probe");
+        assert!(probe.is_probe());
+        assert!(start.elapsed() >= AUTH_RETRY / 2);
+        cancel.cancel();
+        assert!(matches!(
+            gate.turn(&cancel).await,
+            Err(SinkError::Interrupted)
+        ));
+    }
+
+    #[tokio::test]
     async fn not_before_and_pacing_hold_requests_back() {
-        let gate = Gate::new("u".into(), "w".into(), Duration::from_secs(1), Some(2.0));
+        let gate = Gate::new("u".into(), "w".into(), AUTH_RETRY, Some(10.0));
         let cancel = CancellationToken::new();
         let start = Instant::now();
-        drop(gate.turn(&cancel).await.expect("first"));
-        drop(gate.turn(&cancel).await.expect("second"));
-        assert!(start.elapsed() >= Duration::from_millis(500));
-        gate.slow_down(Instant::now() + Duration::from_secs(5));
+        for _ in 0..3 {
+            drop(gate.turn(&cancel).await.expect("paced"));
+        }
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        let start = Instant::now();
+        gate.slow_down(start + Duration::from_millis(300));
         drop(gate.turn(&cancel).await.expect("after 429"));
-        assert!(start.elapsed() >= Duration::from_secs(5));
-        cancel.cancel();
-        assert!(matches!(gate.turn(&cancel).await, Err(SinkError::Interrupted)));
+        assert!(start.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
 
-use crate::config::{Credentials, SecretSource, Secret};
+use crate::config::{Credentials, Secret, SecretSource};
 
 /// Why no token could be had.
 #[derive(Debug, Clone)]
@@ -103,7 +103,11 @@ impl TokenSource {
     /// A 401 answered this generation: the next request gets another token.
     pub async fn invalidate(&self, generation: u64) {
         let mut state = self.state.lock().await;
-        if state.current.as_ref().is_some_and(|c| c.generation == generation) {
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
+        {
             state.current = None;
             state.file_stamp = None;
         }
@@ -277,12 +281,9 @@ pub(super) async fn open_session(
     secret: &Secret,
 ) -> Result<Session, TokenError> {
     let body = serde_json::json!({ "type": "api-key", "key": key, "secret": secret.expose() });
-    let response = client
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|err| TokenError::Transient(format!("POST {url}: {}", super::describe_error(&err))))?;
+    let response = client.post(url).json(&body).send().await.map_err(|err| {
+        TokenError::Transient(format!("POST {url}: {}", super::describe_error(&err)))
+    })?;
     let status = response.status();
     let retry_after = super::retry_after(response.headers());
     let text = match response.text().await {
@@ -299,7 +300,11 @@ pub(super) async fn open_session(
     if status.is_success() {
         let token = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v.get("access_token").and_then(|t| t.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("access_token")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            })
             .filter(|t| !t.is_empty());
         return match token {
             Some(token) => Ok(Session {
@@ -323,7 +328,9 @@ pub(super) async fn open_session(
         }),
         StatusCode::TOO_MANY_REQUESTS => Err(TokenError::Throttled(retry_after)),
         StatusCode::REQUEST_TIMEOUT => Err(TokenError::Transient(format!("POST {url}: {status}"))),
-        s if s.is_server_error() => Err(TokenError::Transient(format!("POST {url}: {status} {message}"))),
+        s if s.is_server_error() => Err(TokenError::Transient(format!(
+            "POST {url}: {status} {message}"
+        ))),
         _ => Err(TokenError::Fault {
             problem: format!("POST {url} answered {status}: {message}"),
             fix: "check base_url: it must be the consents API's base URL".into(),
@@ -387,12 +394,18 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn jwt(payload: &str) -> String {
-        format!("eyJhbGciOiJIUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+        format!(
+            "eyJhbGciOiJIUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(payload)
+        )
     }
 
     #[test]
     fn exp_is_read_from_the_jwt_payload() {
-        assert_eq!(jwt_exp(&jwt(r#"{"sub":"k","exp":1900000000}"#)), Some(1_900_000_000));
+        assert_eq!(
+            jwt_exp(&jwt(r#"{"sub":"k","exp":1900000000}"#)),
+            Some(1_900_000_000)
+        );
         assert_eq!(jwt_exp(&jwt(r#"{"sub":"k"}"#)), None);
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
@@ -412,6 +425,9 @@ mod tests {
 
     #[test]
     fn scrub_hides_secrets() {
-        assert_eq!(scrub("bad secret hunter2!", &["hunter2", ""]), "bad secret ****!");
+        assert_eq!(
+            scrub("bad secret hunter2!", &["hunter2", ""]),
+            "bad secret ****!"
+        );
     }
 }
