@@ -653,7 +653,7 @@ async fn finish(
         for refusal in &refusals {
             writer.write(
                 refusal.line,
-                &format!("refused by the API: {}", refusal.message),
+                &refusal.message,
                 "",
             )?;
         }
