@@ -109,7 +109,7 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
     for line in [9, 52, 95] {
         assert!(rejects.contains(&format!("\n{line},\"refused by the API (422")), "line {line}: {rejects}");
     }
-    assert!(rejects.contains("+refuse"), "the API's message is kept: {rejects}");
+    assert!(rejects.contains("organization_user_id is refused"), "the API's message is kept: {rejects}");
     assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
 
