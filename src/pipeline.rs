@@ -550,6 +550,9 @@ impl RejectsWriter {
     }
 }
 
+/// The delivery pass on two threads, since parsing and building events cost
+/// about the same: this one reads rows into blocks of one batch each, a
+/// scoped thread turns each block into a batch of events, in order.
 fn produce_batches(
     import: &Import,
     path: &Path,
@@ -559,48 +562,116 @@ fn produce_batches(
     skip_batches: u64,
     sender: tokio::sync::mpsc::Sender<Batch>,
 ) -> Result<(), PipelineError> {
-    let file = claim::open_regular(path).map_err(|source| PipelineError::Io {
+    let io_error = |source| PipelineError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = claim::open_regular(path).map_err(io_error)?;
     let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
     let mut reader = RowReader::new(file, &import.format, encoding);
-    let mut writer = EventWriter::new(import, file_name, &fingerprint.sha256);
     let skip_rows = skip_batches * batch_size;
-    let mut accepted = 0u64;
-    let mut seq = skip_batches;
-    let mut batch = Batch::new(seq);
-    loop {
-        let record = reader.next_record().map_err(|err| match err {
-            crate::parse::ParseError::Io(source) => PipelineError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        let row = match record {
-            None => break,
-            Some(Record::Row(row)) => row,
-            Some(Record::Reject(_)) => continue,
-        };
-        accepted += 1;
-        if accepted <= skip_rows {
-            continue;
-        }
-        batch.push_with(row.line, |out| {
-            writer.write(&row, out);
+    let (blocks, received) = std::sync::mpsc::sync_channel::<RowBlock>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut writer = EventWriter::new(import, file_name, &fingerprint.sha256);
+            for (seq, block) in (skip_batches..).zip(received) {
+                let mut batch = Batch::new(seq);
+                batch.buf.reserve(block.text.len() * 3 + 512 * block.rows.len());
+                for row in block.rows() {
+                    batch.push_with(row.line, |out| {
+                        writer.write(&row, out);
+                    });
+                }
+                if sender.blocking_send(batch).is_err() {
+                    return; // the delivery stopped (shutdown)
+                }
+            }
         });
-        if batch.len() as u64 == batch_size {
-            seq += 1;
-            let full = std::mem::replace(&mut batch, Batch::new(seq));
-            if sender.blocking_send(full).is_err() {
-                return Ok(()); // the delivery stopped (shutdown)
+        // Owned here, so that the event thread sees the end when this returns.
+        let blocks = blocks;
+        let mut accepted = 0u64;
+        let mut block = RowBlock::default();
+        loop {
+            let row = match reader.next_record() {
+                Err(crate::parse::ParseError::Io(source)) => return Err(io_error(source)),
+                Ok(None) => break,
+                Ok(Some(Record::Row(row))) => row,
+                Ok(Some(Record::Reject(_))) => continue,
+            };
+            accepted += 1;
+            if accepted <= skip_rows {
+                continue;
+            }
+            block.push(&row);
+            if block.rows.len() as u64 == batch_size {
+                if blocks.send(std::mem::take(&mut block)).is_err() {
+                    return Ok(());
+                }
             }
         }
+        if !block.rows.is_empty() {
+            let _ = blocks.send(block);
+        }
+        Ok(())
+    })
+}
+
+/// The rows of one batch, owned, to cross from the reader thread to the
+/// event thread: the text of every field back to back.
+#[derive(Debug, Default)]
+struct RowBlock {
+    text: String,
+    raw: Vec<u8>,
+    rows: Vec<BlockRow>,
+}
+
+#[derive(Debug)]
+struct BlockRow {
+    line: u64,
+    instant: chrono::DateTime<Utc>,
+    /// Where email, purpose id, purpose text and origin end in `text`.
+    ends: [usize; 4],
+    raw_end: usize,
+}
+
+impl RowBlock {
+    fn push(&mut self, row: &crate::parse::Row<'_>) {
+        let mut ends = [0; 4];
+        for (end, field) in ends
+            .iter_mut()
+            .zip([row.email, row.purpose_id, row.purpose_text, row.origin])
+        {
+            self.text.push_str(field);
+            *end = self.text.len();
+        }
+        self.raw.extend_from_slice(row.raw);
+        self.rows.push(BlockRow {
+            line: row.line,
+            instant: row.instant,
+            ends,
+            raw_end: self.raw.len(),
+        });
     }
-    if !batch.is_empty() {
-        let _ = sender.blocking_send(batch);
+
+    fn rows(&self) -> impl Iterator<Item = crate::parse::Row<'_>> {
+        let mut text_start = 0;
+        let mut raw_start = 0;
+        self.rows.iter().map(move |row| {
+            let [email, purpose_id, purpose_text, origin] = row.ends;
+            let parsed = crate::parse::Row {
+                line: row.line,
+                email: &self.text[text_start..email],
+                purpose_id: &self.text[email..purpose_id],
+                purpose_text: &self.text[purpose_id..purpose_text],
+                instant: row.instant,
+                origin: &self.text[purpose_text..origin],
+                raw: &self.raw[raw_start..row.raw_end],
+            };
+            text_start = origin;
+            raw_start = row.raw_end;
+            parsed
+        })
     }
-    Ok(())
 }
 
 /// `20261123T145500.123Z_<import>_<occurrence>`: sorts by claim time.
