@@ -357,17 +357,23 @@ fn spawn_progress_bar(
     counters: Arc<Counters>,
     batch_size: u64,
 ) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = indicatif::ProgressBar::new_spinner();
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} events ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar.set_message("validating");
     let shown = bar.clone();
     let task = tokio::spawn(async move {
         loop {
-            let events = counters.batches_acked.load(Ordering::Relaxed) * batch_size;
-            shown.set_message(format!("about {events} events delivered"));
-            shown.tick();
+            let planned = counters.batches_planned.load(Ordering::Relaxed);
+            if planned > 0 {
+                shown.set_length(planned * batch_size);
+                shown.set_message("");
+            }
+            shown.set_position(counters.batches_acked.load(Ordering::Relaxed) * batch_size);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });

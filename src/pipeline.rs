@@ -62,6 +62,8 @@ pub struct Counters {
     pub rows_rejected: AtomicU64,
     pub rows_refused: AtomicU64,
     pub batches_acked: AtomicU64,
+    /// Batches to deliver, known once each file is validated.
+    pub batches_planned: AtomicU64,
     pub events_delivered: AtomicU64,
 }
 
@@ -263,6 +265,9 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
         )?;
     }
     let skip = if resuming { occurrence.batches_acked } else { 0 };
+    ctx.counters
+        .batches_planned
+        .fetch_add(batches_total.saturating_sub(skip), Ordering::Relaxed);
     let cursor = if resuming { occurrence.sink_cursor } else { None };
     let started = Instant::now();
     let delivered = deliver(
