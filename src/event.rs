@@ -322,6 +322,45 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The whole way from a proof line to an event keeps what matters.
+        #[test]
+        fn a_valid_row_becomes_an_event_with_its_email_instant_and_purpose(
+            local in "[A-Za-z0-9._%+-]{1,20}",
+            domain in "[a-z0-9-]{1,12}\\.(com|fr|io)",
+            text in "[^;\"\\p{Cc}]{0,60}[^;\"\\s\\p{Cc}]",
+            seconds in 0i64..4_102_444_800,
+            subscription in proptest::option::of(proptest::sample::select(vec!["12", "", "012"])),
+        ) {
+            let import = import("timezone = \"UTC\"\n[import.subscriptions]\n\"12\" = \"weekly\"");
+            let instant = chrono::Utc.timestamp_opt(seconds, 0).single().expect("valid");
+            let email = format!("{local}@{domain}");
+            let mut line = format!("{email};{text};{};198.51.100.7", instant.format("%Y-%m-%d %H:%M:%S"));
+            if let Some(subscription) = subscription {
+                line.push(';');
+                line.push_str(subscription);
+            }
+            let mut reader = crate::parse::RowReader::new(
+                line.as_bytes(),
+                &import.format,
+                crate::parse::ResolvedEncoding::Utf8,
+            );
+            let row = match reader.next_record() {
+                Ok(Some(crate::parse::Record::Row(row))) => row,
+                other => return Err(proptest::test_runner::TestCaseError::fail(format!("{line:?}: {other:?}"))),
+            };
+            let mut writer = EventWriter::new(&import, "f.csv", "00");
+            let mut out = Vec::new();
+            writer.write(&row, &mut out);
+            let event: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            let lower = email.to_lowercase();
+            let created_at = instant.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            proptest::prop_assert_eq!(event["user"]["organization_user_id"].as_str(), Some(lower.as_str()));
+            proptest::prop_assert_eq!(event["created_at"].as_str(), Some(created_at.as_str()));
+            proptest::prop_assert_eq!(event["metadata"]["consent_purpose_text"].as_str(), Some(text.trim()));
+            let purpose = if subscription.is_some_and(|s| !s.is_empty()) { "weekly" } else { "email_global" };
+            proptest::prop_assert_eq!(event["consents"]["purposes"][0]["id"].as_str(), Some(purpose));
+        }
+
         #[test]
         fn any_text_is_valid_json(text in ".*") {
             let mut out = Vec::new();
