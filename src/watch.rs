@@ -33,8 +33,13 @@ pub enum WatchError {
 /// What the watcher saw, reduced to what readiness needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
-    /// Created or written to: someone may still be writing.
+    /// A new name: written next by its creator, or complete already (an
+    /// SFTP server carries out a rename as `link` + `unlink`).
+    Created(String),
+    /// Written to: someone is writing.
     Written(String),
+    /// Attributes changed (chmod, times): the content did not.
+    Touched(String),
     /// Closed after writing.
     Closed(String),
     /// Renamed into the folder: complete as it appears.
@@ -44,7 +49,9 @@ pub enum Hint {
 }
 
 /// Starts watching `dir` (top level only). Keep the returned watcher alive.
-pub fn start(dir: &Path) -> Result<(notify::RecommendedWatcher, UnboundedReceiver<Hint>), WatchError> {
+pub fn start(
+    dir: &Path,
+) -> Result<(notify::RecommendedWatcher, UnboundedReceiver<Hint>), WatchError> {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
         let hints = match result {
@@ -86,7 +93,9 @@ fn hints_of(event: &notify::Event) -> Vec<Hint> {
             .map(|name| name.to_string_lossy().into_owned())
     };
     match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => names().map(Hint::Closed).collect(),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            names().map(Hint::Closed).collect()
+        }
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => names().map(Hint::Arrived).collect(),
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event
             .paths
@@ -94,9 +103,11 @@ fn hints_of(event: &notify::Event) -> Vec<Hint> {
             .and_then(|path| path.file_name())
             .map(|name| vec![Hint::Arrived(name.to_string_lossy().into_owned())])
             .unwrap_or_default(),
-        EventKind::Create(CreateKind::File | CreateKind::Any) | EventKind::Modify(_) => {
-            names().map(Hint::Written).collect()
+        EventKind::Create(CreateKind::File | CreateKind::Any) => {
+            names().map(Hint::Created).collect()
         }
+        EventKind::Modify(ModifyKind::Metadata(_)) => names().map(Hint::Touched).collect(),
+        EventKind::Modify(_) => names().map(Hint::Written).collect(),
         _ => Vec::new(),
     }
 }
@@ -146,6 +157,17 @@ impl Readiness {
 
     pub fn observe(&mut self, hint: Hint, now: Instant) {
         match hint {
+            Hint::Created(name) => {
+                self.parked.remove(&name);
+                let candidate = self.candidate(name, now);
+                candidate.writing = false;
+                candidate.closed = false;
+                candidate.still_since = now;
+            }
+            Hint::Touched(name) => {
+                self.parked.remove(&name);
+                self.candidate(name, now).still_since = now;
+            }
             Hint::Written(name) => {
                 self.parked.remove(&name);
                 let candidate = self.candidate(name, now);
@@ -242,8 +264,11 @@ impl Readiness {
             if now.duration_since(candidate.still_since) < self.settle {
                 continue;
             }
+            // With no close seen, an empty file is someone's upload that has
+            // not written yet; a file with content and no writer in sight is
+            // complete (found by a scan, or created whole by a link).
             let complete = candidate.closed
-                || (!candidate.writing && !held_open_for_writing(&path));
+                || (!candidate.writing && meta.size() > 0 && !held_open_for_writing(&path));
             if complete {
                 ready.push(name.clone());
             }
@@ -342,7 +367,10 @@ mod tests {
         readiness.observe(Hint::Written("a.csv".into()), start);
         readiness.observe(Hint::Closed("a.csv".into()), start);
         assert!(readiness.ready(start, &never).is_empty(), "first stat");
-        assert!(readiness.ready(start + SETTLE / 2, &never).is_empty(), "too soon");
+        assert!(
+            readiness.ready(start + SETTLE / 2, &never).is_empty(),
+            "too soon"
+        );
         assert_eq!(readiness.ready(start + SETTLE * 2, &never), vec!["a.csv"]);
     }
 
@@ -367,9 +395,44 @@ mod tests {
         let start = Instant::now();
         readiness.scan(start, false).expect("scan");
         readiness.ready(start, &never);
-        assert!(readiness.ready(start + SETTLE * 2, &never).is_empty(), "still open");
+        assert!(
+            readiness.ready(start + SETTLE * 2, &never).is_empty(),
+            "still open"
+        );
         drop(writer);
         assert_eq!(readiness.ready(start + SETTLE * 3, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn a_file_created_whole_by_a_link_or_changed_in_attributes_is_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("linked.csv"), "x").expect("write");
+        std::fs::write(dir.path().join("chmod.csv"), "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Created("linked.csv".into()), start);
+        readiness.observe(Hint::Created("chmod.csv".into()), start);
+        readiness.observe(Hint::Written("chmod.csv".into()), start);
+        readiness.observe(Hint::Closed("chmod.csv".into()), start);
+        readiness.observe(Hint::Touched("chmod.csv".into()), start);
+        readiness.ready(start, &never);
+        assert_eq!(
+            readiness.ready(start + SETTLE * 2, &never),
+            vec!["chmod.csv", "linked.csv"]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_just_created_waits_for_its_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), "").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Created("a.csv".into()), start);
+        readiness.ready(start, &never);
+        assert!(readiness.ready(start + SETTLE * 10, &never).is_empty());
+        readiness.observe(Hint::Closed("a.csv".into()), start + SETTLE * 10);
+        assert_eq!(readiness.ready(start + SETTLE * 20, &never), vec!["a.csv"]);
     }
 
     #[test]
@@ -382,7 +445,10 @@ mod tests {
         readiness.observe(Hint::Arrived("a.csv".into()), start);
         readiness.ready(start, &never);
         std::fs::write(&path, "xy").expect("grow");
-        assert!(readiness.ready(start + SETTLE * 2, &never).is_empty(), "changed");
+        assert!(
+            readiness.ready(start + SETTLE * 2, &never).is_empty(),
+            "changed"
+        );
         assert_eq!(readiness.ready(start + SETTLE * 4, &never), vec!["a.csv"]);
     }
 
