@@ -642,7 +642,10 @@ mod tests {
             parse(p, "29/02/2021 10:00:00"),
             Err(DateError::NoSuchDay { .. })
         ));
-        assert_eq!(parse(p, "29/02/2024 10:00:00"), Ok(utc(2024, 2, 29, 10, 0, 0)));
+        assert_eq!(
+            parse(p, "29/02/2024 10:00:00"),
+            Ok(utc(2024, 2, 29, 10, 0, 0))
+        );
         assert!(matches!(
             parse(p, "01/13/2021 10:00:00"),
             Err(DateError::OutOfRange { field: "month", .. })
@@ -653,11 +656,17 @@ mod tests {
         ));
         assert!(matches!(
             parse(p, "01/01/2021 23:60:00"),
-            Err(DateError::OutOfRange { field: "minute", .. })
+            Err(DateError::OutOfRange {
+                field: "minute",
+                ..
+            })
         ));
         assert!(matches!(
             parse(p, "01/01/2021 23:59:60"),
-            Err(DateError::OutOfRange { field: "second", .. })
+            Err(DateError::OutOfRange {
+                field: "second",
+                ..
+            })
         ));
     }
 
@@ -665,15 +674,15 @@ mod tests {
     fn shapes_other_than_the_pattern_are_refused() {
         let p = "dd/MM/yyyy HH:mm:ss";
         for text in [
-            "05/03/21 10:00:00",      // two-digit year
-            "3/5/2021 10:00:00",      // one-digit day and month
-            "05/03/2021 10:00:00 x",  // trailing junk
-            "05/03/2021 10:00:00Z",   // trailing junk
-            "05-03-2021 10:00:00",    // wrong literal
-            "05/03/2021 10:00",       // no seconds
-            "05/03/2021T10:00:00",    // wrong literal
-            "0a/03/2021 10:00:00",    // not a digit
-            "+5/03/2021 10:00:00",    // sign
+            "05/03/21 10:00:00",     // two-digit year
+            "3/5/2021 10:00:00",     // one-digit day and month
+            "05/03/2021 10:00:00 x", // trailing junk
+            "05/03/2021 10:00:00Z",  // trailing junk
+            "05-03-2021 10:00:00",   // wrong literal
+            "05/03/2021 10:00",      // no seconds
+            "05/03/2021T10:00:00",   // wrong literal
+            "0a/03/2021 10:00:00",   // not a digit
+            "+5/03/2021 10:00:00",   // sign
             "",
         ] {
             assert!(
@@ -690,20 +699,20 @@ mod tests {
 
     #[test]
     fn custom_token_pattern() {
-        let format = DateFormat::new("yyyyMMdd'T'HHmmss").unwrap();
+        let format = DateFormat::new("yyyyMMdd_HHmmss").unwrap();
         assert_eq!(
-            format.parse("20210305'T'140709", Tz::UTC),
+            format.parse("20210305_140709", Tz::UTC),
             Ok(utc(2021, 3, 5, 14, 7, 9))
         );
-        let format = DateFormat::new("HH:mm:ss le dd·MM·yyyy").unwrap();
+        let format = DateFormat::new("HH:mm:ss @ dd·MM·yyyy").unwrap();
         assert_eq!(format.space_count(), 2);
         assert_eq!(
-            format.parse("14:07:09 le 05·03·2021", Tz::UTC),
+            format.parse("14:07:09 @ 05·03·2021", Tz::UTC),
             Ok(utc(2021, 3, 5, 14, 7, 9))
         );
         assert_eq!(
             format.format(utc(2021, 3, 5, 14, 7, 9), Tz::UTC),
-            "14:07:09 le 05·03·2021"
+            "14:07:09 @ 05·03·2021"
         );
     }
 
@@ -720,7 +729,10 @@ mod tests {
         ));
         assert!(matches!(
             format.parse("2021-03-05T14:07:60", Tz::UTC),
-            Err(DateError::OutOfRange { field: "second", .. })
+            Err(DateError::OutOfRange {
+                field: "second",
+                ..
+            })
         ));
         assert_eq!(
             format.format(utc(2021, 3, 5, 14, 7, 9), Tz::UTC),
@@ -761,11 +773,19 @@ mod tests {
             ("2026-10-25 02:59:59", utc(2026, 10, 25, 0, 59, 59)),
             ("2026-10-25 03:00:00", utc(2026, 10, 25, 2, 0, 0)),
         ] {
-            assert_eq!(format.parse_cached(text, paris, &mut cache), Ok(want), "{text}");
+            assert_eq!(
+                format.parse_cached(text, paris, &mut cache),
+                Ok(want),
+                "{text}"
+            );
         }
         // A cache filled for one zone is not used for another.
         assert_eq!(
-            format.parse_cached("2026-10-25 03:00:00", chrono_tz::America::New_York, &mut cache),
+            format.parse_cached(
+                "2026-10-25 03:00:00",
+                chrono_tz::America::New_York,
+                &mut cache
+            ),
             Ok(utc(2026, 10, 25, 7, 0, 0))
         );
     }
@@ -786,10 +806,16 @@ mod tests {
                 let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
                 let want = match tz.from_local_datetime(&local) {
                     LocalResult::Single(x) => x.with_timezone(&Utc),
-                    LocalResult::Ambiguous(a, b) => a.with_timezone(&Utc).min(b.with_timezone(&Utc)),
+                    LocalResult::Ambiguous(a, b) => {
+                        a.with_timezone(&Utc).min(b.with_timezone(&Utc))
+                    }
                     LocalResult::None => unreachable!(),
                 };
-                assert_eq!(format.parse_cached(&text, tz, &mut cache), Ok(want), "{tz} {text}");
+                assert_eq!(
+                    format.parse_cached(&text, tz, &mut cache),
+                    Ok(want),
+                    "{tz} {text}"
+                );
                 t += chrono::Duration::seconds(7 * 60 + 13);
             }
         }
@@ -806,12 +832,17 @@ mod tests {
             "dd/MM/yyyy HH:mm:ss dd",
             "dd/MM/yyyy HH:mm:ss a",
             "dd/MMM/yyyy HH:mm:ss",
+            "yyyy-MM-dd'T'HH:mm:ss",
+            "dd/MM/yyyy à HH:mm:ss",
             "%Y-%m-%d %H:%M",
             "%Y-%m-%d",
             "%Y-%m-%d %H:%M:%S %z",
             "%Y-%m-%d %H:%M:%S %Q",
         ] {
-            assert!(DateFormat::new(pattern).is_err(), "{pattern:?} should be refused");
+            assert!(
+                DateFormat::new(pattern).is_err(),
+                "{pattern:?} should be refused"
+            );
         }
         let msg = DateFormat::new("dd/MM/yy HH:mm:ss").unwrap_err();
         assert!(msg.contains("\"yy\" is not a date token"), "{msg}");
