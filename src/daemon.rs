@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::claim::{self, StateDirs};
 use crate::config::{Config, ImportMatch};
 use crate::journal::{Journal, Status};
+use crate::metrics;
 use crate::pipeline::{self, Context, Counters, PipelineError, Verdict, Work};
 use crate::sink::Sink;
 use crate::watch::{self, Hint, Readiness};
@@ -37,6 +38,8 @@ pub enum DaemonError {
     Sink(#[from] crate::sink::SinkError),
     #[error("the drop folder {0} does not exist or is not a folder")]
     DropFolder(PathBuf),
+    #[error(transparent)]
+    Metrics(#[from] metrics::ListenError),
 }
 
 /// How long to wait before trying again a file whose processing failed on
@@ -65,6 +68,19 @@ pub async fn run(
     let dirs = StateDirs::create(&config.state_dir)?;
     let journal = Arc::new(Mutex::new(Journal::open(&dirs.root)?));
     let counters = Arc::new(Counters::default());
+    // Bound before any work, so that a taken address stops the start.
+    let _metrics_server = match &config.metrics_listen {
+        Some(listen) => {
+            let listener = metrics::bind(listen).await?;
+            tracing::info!(listen = %listen, "metrics on /metrics and /healthz");
+            Some(metrics::serve(
+                listener,
+                counters.clone(),
+                controls.shutdown.clone(),
+            ))
+        }
+        None => None,
+    };
     let mut ctx = Context {
         dirs: dirs.clone(),
         journal,
@@ -87,21 +103,35 @@ pub async fn run(
         drop = %config.watch.dir.display(),
         state = %dirs.root.display(),
         resumed = queue.len(),
+        waiting = readiness.waiting(),
         "consent-drop is running"
     );
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    // READY only now: the recovery and the start-up scan are done, and the
+    // status says what they found.
+    let mut last_status = queue_status(readiness.waiting() + queue.len(), 0, &counters);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&last_status),
+    ]);
 
     let mut tasks: JoinSet<(Work, Result<pipeline::Report, PipelineError>)> = JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut warned: HashSet<String> = HashSet::new();
-    let tick_every = (config.watch.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let watchdog = watchdog_interval();
+    let mut tick_every =
+        (config.watch.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    if let Some(every) = watchdog {
+        // Ticks must come at least as often as the pings they carry.
+        tick_every = tick_every.min(every).max(Duration::from_millis(1));
+    }
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan = tokio::time::interval(config.watch.rescan);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watchdog = watchdog_interval();
     let mut last_watchdog = Instant::now();
-    let mut last_status = String::new();
+    if watchdog.is_some() {
+        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+    }
 
     loop {
         tokio::select! {
@@ -125,10 +155,14 @@ pub async fn run(
                         if new.watch.dir != config.watch.dir || new.state_dir != config.state_dir {
                             tracing::warn!("watch.dir and state.dir changes take effect at the next restart");
                         }
+                        if new.metrics_listen != config.metrics_listen {
+                            tracing::warn!("metrics.listen changes take effect at the next restart");
+                        }
                         new.watch.dir = config.watch.dir.clone();
                         new.state_dir = config.state_dir.clone();
                         config = new;
                         warned.clear();
+                        readiness.reconsider_parked();
                         tracing::info!(source = %config.source, "configuration reloaded");
                     }
                     Err(err) => tracing::error!(%err, "configuration not reloaded: the running one is kept"),
@@ -172,6 +206,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                metrics::global().tick();
                 let now = Instant::now();
                 let slots = config.watch.max_files_in_flight.saturating_sub(tasks.len());
                 // Resumed and retried occurrences first: they are older.
@@ -191,6 +226,7 @@ pub async fn run(
                     let watch_settings = config.watch.clone();
                     let ready = readiness.ready(now, &|name| watch_settings.is_ignored(name));
                     for name in ready.into_iter().take(slots) {
+                        metrics::global().files_seen.inc();
                         match claim_ready(&ctx, &config, &name, &mut warned) {
                             Claimed::Yes(work) => {
                                 readiness.forget(&name);
@@ -202,18 +238,17 @@ pub async fn run(
                     }
                 }
                 if let Some(every) = watchdog {
-                    if last_watchdog.elapsed() >= every {
+                    // Ping when the next tick could come too late: the gap
+                    // between pings stays within half the watchdog timeout.
+                    if last_watchdog.elapsed() + tick_every > every {
                         notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                         last_watchdog = Instant::now();
                     }
                 }
-                let status = format!(
-                    "{} waiting, {} in flight, {} archived, {} failed",
-                    readiness.waiting(),
-                    tasks.len(),
-                    counters.files_archived.load(Ordering::Relaxed),
-                    counters.files_failed.load(Ordering::Relaxed)
-                );
+                let waiting = readiness.waiting() + queue.len();
+                metrics::global().files_waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                metrics::global().files_in_flight.set(i64::try_from(tasks.len()).unwrap_or(i64::MAX));
+                let status = queue_status(waiting, tasks.len(), &counters);
                 if status != last_status {
                     notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
                     last_status = status;
@@ -236,6 +271,15 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The STATUS= line systemd shows.
+fn queue_status(waiting: usize, in_flight: usize, counters: &Counters) -> String {
+    format!(
+        "{waiting} waiting, {in_flight} in flight, {} archived, {} failed",
+        counters.files_archived.load(Ordering::Relaxed),
+        counters.files_failed.load(Ordering::Relaxed)
+    )
 }
 
 fn spawn(
@@ -411,10 +455,17 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Half the systemd watchdog interval, when one is set.
+/// Half the systemd watchdog interval, when one is set for this process
+/// (`WATCHDOG_USEC`, and `WATCHDOG_PID` ours if set).
 fn watchdog_interval() -> Option<Duration> {
-    let micros: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    Some(Duration::from_micros(micros / 2))
+    let micros: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        // Set for another process (we were started by a child of the service).
+        if pid.trim().parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (micros > 0).then(|| Duration::from_micros(micros / 2))
 }
 
 /// Remarks for `check` about the folders.

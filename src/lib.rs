@@ -17,4 +17,5 @@ pub mod pipeline;
 pub mod commands;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod watch;

@@ -127,7 +127,12 @@ fn main() -> ExitCode {
         Ok(exit) => exit,
         Err(err) => {
             let exit = err.exit();
-            eprintln!("consent-drop: {:#}", anyhow::Error::from(err));
+            let message = format!("{:#}", anyhow::Error::from(err));
+            match cli.log_format {
+                // A JSON log stays JSON to its last line.
+                LogFormatArg::Json => tracing::error!(exit_code = exit as u8, "{message}"),
+                LogFormatArg::Human => eprintln!("consent-drop: {message}"),
+            }
             exit
         }
     };

@@ -549,6 +549,7 @@ async fn deliver_group(
 }
 
 fn log_retry(target: &Target, seq: u64, part: &str, attempt: u32, reason: &str, delay: Duration) {
+    crate::metrics::global().batches_retried.inc();
     tracing::warn!(
         import = %target.import,
         occurrence = %target.occurrence,
@@ -682,6 +683,14 @@ enum Answer {
 }
 
 async fn post(shared: &Shared, target: &Target, body: &[u8], token: &str) -> Answer {
+    let started = std::time::Instant::now();
+    crate::metrics::global().batches_sent.inc();
+    let answer = post_once(shared, target, body, token).await;
+    crate::metrics::observe_request(started.elapsed());
+    answer
+}
+
+async fn post_once(shared: &Shared, target: &Target, body: &[u8], token: &str) -> Answer {
     let sent = shared
         .client
         .post(target.url.clone())

@@ -32,7 +32,10 @@ pub struct Site {
 impl Site {
     /// A site with the file sink and the given imports.
     pub fn new(imports: &str) -> Site {
-        Site::with_sink(imports, "kind = \"file\"\ndir = \"OUTBOX\"\nbatch_size = 100")
+        Site::with_sink(
+            imports,
+            "kind = \"file\"\ndir = \"OUTBOX\"\nbatch_size = 100",
+        )
     }
 
     /// `sink` is the body of the [sink] table; `OUTBOX` is replaced by the outbox path.
@@ -48,7 +51,13 @@ impl Site {
             sink.replace("OUTBOX", &outbox.to_string_lossy())
         );
         std::fs::write(&config, text).expect("config");
-        Site { root, drop, state, outbox, config }
+        Site {
+            root,
+            drop,
+            state,
+            outbox,
+            config,
+        }
     }
 
     pub fn command(&self) -> assert_cmd::Command {
@@ -132,13 +141,17 @@ impl Site {
 
     pub fn files_under(&self, under: &str) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        collect(&self.state.join(under), &mut |path| files.push(path.to_path_buf()));
+        collect(&self.state.join(under), &mut |path| {
+            files.push(path.to_path_buf())
+        });
         files
     }
 }
 
 fn collect(dir: &Path, visit: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
