@@ -608,10 +608,10 @@ fn produce_batches(
                 continue;
             }
             block.push(&row);
-            if block.rows.len() as u64 == batch_size {
-                if blocks.send(std::mem::take(&mut block)).is_err() {
-                    return Ok(());
-                }
+            if block.rows.len() as u64 == batch_size
+                && blocks.send(std::mem::take(&mut block)).is_err()
+            {
+                return Ok(()); // the delivery stopped (shutdown)
             }
         }
         if !block.rows.is_empty() {
