@@ -92,17 +92,15 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     let rows = 300_000;
     let mut daemon = site.start();
     site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
-    let partial_has_data = || {
-        std::fs::read_dir(&site.outbox)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    e.path().to_string_lossy().ends_with(".partial")
-                        && e.metadata().map(|m| m.len() > 100_000).unwrap_or(false)
-                })
-            })
-            .unwrap_or(false)
+    let acknowledged = || {
+        let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output();
+        status
+            .ok()
+            .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .and_then(|journal| journal[0]["batches_acked"].as_u64())
+            .is_some_and(|acked| acked > 0)
     };
-    assert!(wait_until(LONG, partial_has_data), "delivery started; log:\n{}", site.log());
+    assert!(wait_until(LONG, acknowledged), "delivery started; log:\n{}", site.log());
     daemon.kill9();
     assert!(site.reports("archive").is_empty(), "killed before the end");
     let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output().expect("status");
