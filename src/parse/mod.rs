@@ -1101,6 +1101,32 @@ mod tests {
         assert!(reader.buffered_capacity() < 6 * format.max_row_bytes + 2 * READ_BUFFER);
     }
 
+    /// Found by the hostile fuzzer: a too-long line that opens a quote. Read
+    /// whole, the quote swallowed the next line; read byte by byte, it did not.
+    #[test]
+    fn a_too_long_line_with_an_open_quote_reads_the_same_in_chunks() {
+        let mut format = format(Separator::Semicolon);
+        format.max_row_bytes = 64;
+        let body = "ok@example.com;texte;01/02/2020 10:00:00;203.0.113.9\n";
+        for open in [
+            format!("\"{}\n", "a".repeat(100)),
+            format!("\"{}\r\n", "a".repeat(100)),
+            // A quoted CRLF across the limit: the CR at byte 64, the LF after.
+            format!("\"{}\r\nstill quoted\"\n", "a".repeat(63)),
+            format!("\"{}\nstill quoted\"\n", "a".repeat(63)),
+        ] {
+            let text = format!("email;purpose;date;origin\n{open}{body}");
+            let got = read(&format, &text);
+            let lines = open.matches('\n').count() as u64;
+            assert_eq!(got.len(), 2, "{open:?}: {got:?}");
+            assert_eq!(got[0].reason(), RejectReason::TooLong { max: 64 });
+            assert_eq!(got[0].line(), 2);
+            let last = got.last().unwrap();
+            assert_eq!(last.text(), "texte", "{open:?}");
+            assert_eq!(last.line(), 2 + lines, "{open:?}");
+        }
+    }
+
     fn reader_capacity_ok(record: &Record<'_>) -> bool {
         match record {
             Record::Row(row) => row.raw.len() <= 1024,
@@ -1246,105 +1272,6 @@ mod tests {
                 last_line = line;
             }
             prop_assert!(reader.next_record().unwrap().is_none());
-        }
-    }
-}
-
-#[cfg(test)]
-mod bench_tmp {
-    use super::*;
-    use chrono::DateTime;
-
-    #[test]
-    #[ignore]
-    fn bench_rows() {
-        let format = RowFormat {
-            date_format: DateFormat::new("dd/MM/yyyy HH:mm:ss").unwrap(),
-            timezone: chrono_tz::Europe::Paris,
-            separator: Separator::Semicolon,
-            encoding: InputEncoding::Utf8,
-            header: HeaderMode::Auto,
-            max_row_bytes: DEFAULT_MAX_ROW_BYTES,
-            purposes: PurposeMap {
-                default_purpose: "email_global".into(),
-                subscriptions: HashMap::from([(12, "newsletter_weekly".to_string())]),
-                unknown: UnknownSubscription::Reject,
-            },
-        };
-        let mut text = String::from("email;purpose;date;origin;subscription\n");
-        let start = DateTime::from_timestamp(1_590_000_000, 0).unwrap();
-        let n: i64 = std::env::var("BENCH_N")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(1_000_000);
-        for i in 0..n {
-            let date = format
-                .date_format
-                .format(start + chrono::Duration::seconds(i * 37), format.timezone);
-            let sub = if i % 3 == 0 { "" } else { "12" };
-            let origin = if i % 10 == 0 {
-                format!("2001:db8::{:x}", i)
-            } else {
-                format!("203.0.113.{}", i % 250)
-            };
-            text.push_str(&format!(
-                "Contact{i}@Example.com;J'accepte la lettre d'information {}été;{date};{origin};{sub}\n", if i % 2 == 0 { "— " } else { "" }
-            ));
-        }
-        println!(
-            "{} bytes, {} bytes/row",
-            text.len(),
-            text.len() / n as usize
-        );
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let mut h = 0u64;
-            for b in text.bytes() {
-                h = h.wrapping_mul(31).wrapping_add(u64::from(b));
-            }
-            println!(
-                "calibration: {:.1} ns/row (hash {h})",
-                t.elapsed().as_nanos() as f64 / n as f64
-            );
-        }
-        let encs = if std::env::var("BENCH_1252").is_ok() {
-            vec![ResolvedEncoding::Windows1252]
-        } else if std::env::var("BENCH_UTF8").is_ok() {
-            vec![ResolvedEncoding::Utf8]
-        } else {
-            vec![ResolvedEncoding::Utf8, ResolvedEncoding::Windows1252]
-        };
-        let reps: usize = std::env::var("BENCH_REPS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(6);
-        for enc in encs {
-            for _ in 0..reps {
-                let cpu = || {
-                    let mut ts = libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 0,
-                    };
-                    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-                    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
-                };
-                let c0 = cpu();
-                let t = std::time::Instant::now();
-                let mut reader = RowReader::new(text.as_bytes(), &format, enc);
-                let (mut rows, mut rejects) = (0, 0);
-                while let Some(r) = reader.next_record().unwrap() {
-                    match r {
-                        Record::Row(_) => rows += 1,
-                        Record::Reject(_) => rejects += 1,
-                    }
-                }
-                let el = t.elapsed();
-                println!(
-                    "{enc:?}: {rows} rows {rejects} rejects, {:.1} ns/row wall, {:.1} cpu",
-                    el.as_nanos() as f64 / n as f64,
-                    (cpu() - c0) / n as f64
-                );
-            }
         }
     }
 }

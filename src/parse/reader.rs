@@ -1,13 +1,18 @@
 //! The record splitter and row validation behind [`RowReader`].
 //!
 //! Records are split in place in one read buffer: a record is a range of the
-//! buffer, its fields are ranges of the record, and a row's strings borrow
-//! from it, so the common path copies nothing. A record cut by the end of the
-//! buffer is moved to its front before the next read; the buffer grows only
-//! as far as `max_row_bytes` plus one read, and a longer record is skipped to
-//! its line ending keeping only its first `max_row_bytes` bytes. Only quoted
-//! fields with `""` escapes, and non-UTF-8 encodings, are copied (into
-//! `cooked` and `decoded`).
+//! buffer and its fields are ranges of the record. A record cut by the end of
+//! the buffer is moved to its front before the next read; the buffer grows
+//! only as far as `max_row_bytes` plus one read, and the splitter never looks
+//! further than `max_row_bytes` + 1 bytes into a record, so a longer record
+//! is skipped to its next line ending (quotes ignored) the same way however
+//! the input is read, keeping only its first `max_row_bytes` bytes.
+//!
+//! A record is copied once, into `record_text`, after its UTF-8 check (or when
+//! a single-byte record is pure ASCII); its fields are slices of that. Only
+//! fields with `""` escapes and non-ASCII single-byte text are copied again
+//! (into `cooked` and `decoded`). Nothing is allocated per row once the
+//! buffers have grown to the file's longest row.
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::IpAddr;
@@ -65,7 +70,7 @@ struct Span {
 /// Where a field's text is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
-    /// The record's bytes (UTF-8, checked).
+    /// The reader's `record_text` (the record, checked UTF-8).
     Record,
     /// The reader's `decoded` string.
     Decoded,
@@ -682,14 +687,14 @@ impl<'f, R: Read> RowReader<'f, R> {
     /// Reads more input after `end`, keeping `buf[keep..end]` (moved to the
     /// front). False at the end of the file.
     fn fill(&mut self, keep: usize) -> Result<bool, ParseError> {
-        if self.eof {
-            return Ok(false);
-        }
         let kept = self.end.saturating_sub(keep);
         if kept > 0 {
             self.buf.copy_within(keep..self.end, 0);
         }
         self.end = kept;
+        if self.eof {
+            return Ok(false);
+        }
         if self.end == self.buf.len() {
             // A record longer than the buffer but within max_row_bytes.
             let limit = self.split.max + 1 + READ_BUFFER;
@@ -750,7 +755,10 @@ impl<'f, R: Read> RowReader<'f, R> {
         }
         self.rec.reset(self.pos, self.line + 1);
         loop {
-            let data = self.buf.get(self.rec.start..self.end).unwrap_or_default();
+            // The splitter never sees past `max_row_bytes` + 1 bytes, so where
+            // a too-long record ends never depends on how much was read.
+            let limit = self.end.min(self.rec.start + self.split.max + 1);
+            let data = self.buf.get(self.rec.start..limit).unwrap_or_default();
             match self.rec.split(data, &self.split) {
                 Split::Ended => {
                     let terminator = self.rec.start + self.rec.scan;
@@ -788,9 +796,18 @@ impl<'f, R: Read> RowReader<'f, R> {
         );
         let mut blank = self.rec.blank;
         self.rec.too_long = true;
-        // Bytes up to `scan` were split already (line endings in quotes counted).
+        // The first `max_row_bytes` + 1 bytes were split already (line endings
+        // in quotes counted); an LF after a CR counted there is part of it.
         self.pos = start + self.rec.scan;
+        let mut after_cr = self.pos > start && self.buf.get(self.pos - 1) == Some(&b'\r');
         loop {
+            if after_cr && self.pos < self.end {
+                after_cr = false;
+                if self.buf.get(self.pos) == Some(&b'\n') {
+                    self.pos += 1;
+                    continue;
+                }
+            }
             let data = self.buf.get(self.pos..self.end).unwrap_or_default();
             let stop = data.iter().position(|&b| b == b'\n' || b == b'\r');
             let scanned = data.get(..stop.unwrap_or(data.len())).unwrap_or_default();
@@ -1135,22 +1152,25 @@ fn utf8_table(cp1252: bool) -> &'static Utf8Table {
 }
 
 /// Appends the UTF-8 of `bytes` read in windows-1252 or ISO-8859-1.
-fn decode_single_byte(bytes: &[u8], cp1252: bool, out: &mut Vec<u8>) {
+fn decode_single_byte(mut bytes: &[u8], cp1252: bool, out: &mut Vec<u8>) {
     let table = utf8_table(cp1252);
-    out.reserve(bytes.len() * 3);
-    for &b in bytes {
-        if b < 0x80 {
-            out.push(b);
-            continue;
-        }
-        let (utf8, len) = table[usize::from(b)];
-        out.push(utf8[0]);
+    while !bytes.is_empty() {
+        // ASCII runs are copied as they are.
+        let run = bytes.iter().position(|&b| b >= 0x80).unwrap_or(bytes.len());
+        let (ascii, rest) = bytes.split_at(run);
+        out.extend_from_slice(ascii);
+        let Some((&b, rest)) = rest.split_first() else {
+            break;
+        };
+        let ([first, second, third], len) = table[usize::from(b)];
+        out.push(first);
         if len > 1 {
-            out.push(utf8[1]);
+            out.push(second);
         }
         if len > 2 {
-            out.push(utf8[2]);
+            out.push(third);
         }
+        bytes = rest;
     }
 }
 
