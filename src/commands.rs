@@ -164,6 +164,10 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         folders_ok &= !remark.starts_with("error");
         writeln!(out, "{remark}").map_err(write_err)?;
     }
+    for remark in drop_folder_names(&config) {
+        folders_ok &= !remark.starts_with("error");
+        writeln!(out, "{remark}").map_err(write_err)?;
+    }
     if options.online {
         let message = match &config.sink {
             SinkSettings::Http(http) => {
@@ -259,6 +263,33 @@ fn dry_run(import: &Import, file: &Path, show: usize, out: &mut dyn Write) -> Re
         writeln!(out, "{pretty}").map_err(write_err)?;
     }
     Ok(if rejected > 0 { Exit::Rejected } else { Exit::Success })
+}
+
+/// The names waiting in the drop folder, against the import patterns: a
+/// name two patterns match is never imported, one no pattern matches waits.
+fn drop_folder_names(config: &Config) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&config.watch.dir) else {
+        return Vec::new();
+    };
+    let mut remarks = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if config.watch.is_ignored(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match config.import_for(&name) {
+            ImportMatch::One(_) => {}
+            ImportMatch::None => remarks.push(format!(
+                "warning: {name} in the drop folder matches no import's pattern: it will wait there"
+            )),
+            ImportMatch::Ambiguous(names) => remarks.push(format!(
+                "error: {name} in the drop folder matches the patterns of several imports ({}): it will never be imported until one pattern is narrowed",
+                names.join(", ")
+            )),
+        }
+    }
+    remarks.sort();
+    remarks
 }
 
 // ----------------------------------------------------------------- import

@@ -170,3 +170,14 @@ fn every_event_names_the_sha256_of_the_archived_file_and_its_line() {
         assert!(lines[line - 1].starts_with(email), "line {line} of the archived file is the proof");
     }
 }
+
+#[test]
+fn check_names_the_imports_a_waiting_file_matches_twice() {
+    let second = "\n[[import]]\nname = \"all-proofs\"\npattern = \"proofs\"\ndate_format = \"yyyy-MM-dd HH:mm:ss\"\ndefault_purpose = \"p\"\n";
+    let site = Site::new(&format!("{IMPORT}{second}"));
+    std::fs::write(site.drop.join("pr-proofs-1.csv"), proof_rows("a", 1)).expect("write");
+    let output = site.command().args(["check", "-c"]).arg(&site.config).output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("pr-proofs-1.csv") && stdout.contains("news, all-proofs"), "{stdout}");
+}
