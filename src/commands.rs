@@ -391,7 +391,7 @@ fn spawn_progress_bar(
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} events ({per_sec}) {msg}",
+            "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events, {eta} left {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
