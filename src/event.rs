@@ -44,18 +44,23 @@ fn uuid_v5(name: &[u8]) -> Uuid {
 }
 
 fn event_id_name(name: &mut Vec<u8>, import: &str, row: &Row<'_>) {
-    let instant = row.instant.timestamp().to_string();
+    let mut seconds = Vec::with_capacity(24);
+    let timestamp = row.instant.timestamp();
+    if timestamp < 0 {
+        seconds.push(b'-');
+    }
+    write_u64(&mut seconds, timestamp.unsigned_abs());
     for part in [
-        import,
-        row.email,
-        row.purpose_id,
-        row.purpose_text,
-        instant.as_str(),
-        row.origin,
+        import.as_bytes(),
+        row.email.as_bytes(),
+        row.purpose_id.as_bytes(),
+        row.purpose_text.as_bytes(),
+        &seconds,
+        row.origin.as_bytes(),
     ] {
-        name.extend_from_slice(part.len().to_string().as_bytes());
+        write_u64(name, part.len() as u64);
         name.push(b':');
-        name.extend_from_slice(part.as_bytes());
+        name.extend_from_slice(part);
     }
 }
 

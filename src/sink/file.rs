@@ -62,7 +62,6 @@ impl FileSink {
             written,
             unsynced: Vec::new(),
             last_sync: Instant::now(),
-            line: Vec::new(),
             wrote_any: resume_cursor.is_some_and(|cursor| cursor > 0),
         })
     }
@@ -77,21 +76,14 @@ pub struct FileDelivery {
     /// Batches written since the last fsync, with the length after each.
     unsynced: Vec<(u64, u64)>,
     last_sync: Instant,
-    line: Vec<u8>,
     wrote_any: bool,
 }
 
 impl FileDelivery {
     pub fn send(&mut self, batch: Batch) -> Result<Vec<Ack>, SinkError> {
-        self.line.clear();
-        for index in 0..batch.len() {
-            self.line.extend_from_slice(batch.event(index));
-            self.line.push(b'\n');
-        }
-        self.file
-            .write_all(&self.line)
-            .map_err(io_at(&self.partial))?;
-        self.written += self.line.len() as u64;
+        let lines = batch.ndjson();
+        self.file.write_all(lines).map_err(io_at(&self.partial))?;
+        self.written += lines.len() as u64;
         self.wrote_any |= !batch.is_empty();
         self.unsynced.push((batch.seq, self.written));
         if self.last_sync.elapsed() >= SYNC_INTERVAL {

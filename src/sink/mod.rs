@@ -31,7 +31,8 @@ pub struct DeliveryTarget {
 pub struct Batch {
     /// Position of the batch within its occurrence, from 0.
     pub seq: u64,
-    /// The events' JSON texts, back to back.
+    /// The events' JSON texts, each followed by a newline (so that the
+    /// buffer is already NDJSON).
     pub buf: Vec<u8>,
     pub events: Vec<EventSpan>,
 }
@@ -72,7 +73,13 @@ impl Batch {
         let start = self.buf.len();
         write(&mut self.buf);
         let end = self.buf.len();
+        self.buf.push(b'\n');
         self.events.push(EventSpan { line, start, end });
+    }
+
+    /// The events as NDJSON, one per line.
+    pub fn ndjson(&self) -> &[u8] {
+        &self.buf
     }
 }
 
