@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-
 use crate::parse::Utf8Probe;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +55,13 @@ impl StateDirs {
             failed: root.join("failed"),
             work: root.join("work"),
         };
-        for dir in [&dirs.root, &dirs.processing, &dirs.archive, &dirs.failed, &dirs.work] {
+        for dir in [
+            &dirs.root,
+            &dirs.processing,
+            &dirs.archive,
+            &dirs.failed,
+            &dirs.work,
+        ] {
             fs::create_dir_all(dir).map_err(io_at(dir))?;
         }
         Ok(dirs)
@@ -64,7 +69,8 @@ impl StateDirs {
 
     /// Where a claimed file lives: its occurrence id, `--`, its original name.
     pub fn processing_path(&self, occurrence_id: &str, file_name: &str) -> PathBuf {
-        self.processing.join(format!("{occurrence_id}--{file_name}"))
+        self.processing
+            .join(format!("{occurrence_id}--{file_name}"))
     }
 
     pub fn rejects_work_path(&self, occurrence_id: &str) -> PathBuf {

@@ -75,7 +75,11 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> CommandError + '_ {
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
         Some(path) => config::load(path),
-        None => config::parse_config(config::EMBEDDED_DEFAULT, "<embedded default>", Path::new("")),
+        None => config::parse_config(
+            config::EMBEDDED_DEFAULT,
+            "<embedded default>",
+            Path::new(""),
+        ),
     }
 }
 
@@ -179,7 +183,11 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         writeln!(out, "online: {message}").map_err(write_err)?;
     }
 
-    let mut exit = if folders_ok { Exit::Success } else { Exit::Usage };
+    let mut exit = if folders_ok {
+        Exit::Success
+    } else {
+        Exit::Usage
+    };
     for file in options.files {
         let import = import_for_file(&config, file, options.import)?;
         let outcome = dry_run(import, file, options.show, out)?;
@@ -191,7 +199,12 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
     Ok(exit)
 }
 
-fn dry_run(import: &Import, file: &Path, show: usize, out: &mut dyn Write) -> Result<Exit, CommandError> {
+fn dry_run(
+    import: &Import,
+    file: &Path,
+    show: usize,
+    out: &mut dyn Write,
+) -> Result<Exit, CommandError> {
     let write_err = |err| io_at(Path::new("<stdout>"))(err);
     let fingerprint = match claim::fingerprint(file) {
         Ok(fingerprint) => fingerprint,
@@ -262,7 +275,11 @@ fn dry_run(import: &Import, file: &Path, show: usize, out: &mut dyn Write) -> Re
             .unwrap_or_else(|_| String::from_utf8_lossy(&json).into_owned());
         writeln!(out, "{pretty}").map_err(write_err)?;
     }
-    Ok(if rejected > 0 { Exit::Rejected } else { Exit::Success })
+    Ok(if rejected > 0 {
+        Exit::Rejected
+    } else {
+        Exit::Success
+    })
 }
 
 /// The names waiting in the drop folder, against the import patterns: a
@@ -413,15 +430,24 @@ fn spawn_progress_bar(
 
 // ----------------------------------------------------------------- status
 
-pub fn status(config_path: Option<&Path>, limit: usize, json: bool, out: &mut dyn Write) -> Result<Exit, CommandError> {
+pub fn status(
+    config_path: Option<&Path>,
+    limit: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Exit, CommandError> {
     let config = load_config(config_path)?;
     let write_err = |err| io_at(Path::new("<stdout>"))(err);
     if !config.state_dir.join("journal.sqlite").exists() {
         if json {
             writeln!(out, "[]").map_err(write_err)?;
         } else {
-            writeln!(out, "no import yet ({} has no journal)", config.state_dir.display())
-                .map_err(write_err)?;
+            writeln!(
+                out,
+                "no import yet ({} has no journal)",
+                config.state_dir.display()
+            )
+            .map_err(write_err)?;
         }
         return Ok(Exit::Success);
     }
@@ -474,7 +500,8 @@ pub fn sample(
     match output {
         Some(path) => {
             let mut bytes = Vec::new();
-            crate::parse::sample::write_sample(&import.format, rows, &mut bytes).map_err(io_at(path))?;
+            crate::parse::sample::write_sample(&import.format, rows, &mut bytes)
+                .map_err(io_at(path))?;
             std::fs::write(path, bytes).map_err(io_at(path))?;
         }
         None => crate::parse::sample::write_sample(&import.format, rows, out)

@@ -179,7 +179,12 @@ fn default_rescan_s() -> u64 {
     60
 }
 fn default_ignore() -> Vec<String> {
-    vec![".*".into(), "*.part".into(), "*.filepart".into(), "*.tmp".into()]
+    vec![
+        ".*".into(),
+        "*.part".into(),
+        "*.filepart".into(),
+        "*.tmp".into(),
+    ]
 }
 fn default_max_files_in_flight() -> usize {
     4
@@ -435,7 +440,10 @@ pub fn parse_config(text: &str, source: &str, base: &Path) -> Result<Config, Con
         return Err(fail("watch.rescan_s", "must be at least 1".into()));
     }
     if raw.watch.max_files_in_flight == 0 {
-        return Err(fail("watch.max_files_in_flight", "must be at least 1".into()));
+        return Err(fail(
+            "watch.max_files_in_flight",
+            "must be at least 1".into(),
+        ));
     }
     let ignore = raw
         .watch
@@ -482,7 +490,10 @@ pub fn parse_config(text: &str, source: &str, base: &Path) -> Result<Config, Con
         if metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(fail(
                 "metrics.listen",
-                format!("{:?} is not host:port (e.g. 127.0.0.1:9187)", metrics.listen),
+                format!(
+                    "{:?} is not host:port (e.g. 127.0.0.1:9187)",
+                    metrics.listen
+                ),
             ));
         }
     }
@@ -505,7 +516,10 @@ fn check_sink(
     if raw.batch_size == 0 || raw.batch_size > 100 {
         return Err(fail(
             "sink.batch_size",
-            format!("{} is not between 1 and 100 (the API's limit)", raw.batch_size),
+            format!(
+                "{} is not between 1 and 100 (the API's limit)",
+                raw.batch_size
+            ),
         ));
     }
     let http_only: [(&str, bool); 8] = [
@@ -516,7 +530,10 @@ fn check_sink(
         ("secret_env", raw.secret_env.is_some()),
         ("token_file", raw.token_file.is_some()),
         ("token_env", raw.token_env.is_some()),
-        ("max_requests_per_second", raw.max_requests_per_second.is_some()),
+        (
+            "max_requests_per_second",
+            raw.max_requests_per_second.is_some(),
+        ),
     ];
     match raw.kind.as_str() {
         "file" => {
@@ -718,12 +735,15 @@ fn check_import(
     let key = |field: &str| format!("import[{index}] ({name}).{field}");
     let pattern = Regex::new(&raw.pattern)
         .map_err(|err| fail(&key("pattern"), format!("not a valid regex: {err}")))?;
-    let date_format = DateFormat::new(&raw.date_format)
-        .map_err(|msg| fail(&key("date_format"), msg))?;
+    let date_format =
+        DateFormat::new(&raw.date_format).map_err(|msg| fail(&key("date_format"), msg))?;
     let timezone: chrono_tz::Tz = raw.timezone.parse().map_err(|_| {
         fail(
             &key("timezone"),
-            format!("{:?} is not an IANA time zone (e.g. Europe/Paris)", raw.timezone),
+            format!(
+                "{:?} is not an IANA time zone (e.g. Europe/Paris)",
+                raw.timezone
+            ),
         )
     })?;
     let separator = Separator::from_config(&raw.separator).ok_or_else(|| {
@@ -913,7 +933,9 @@ default_purpose = "email_global"
 
     #[test]
     fn unknown_key_is_named() {
-        let text = MINIMAL.replace("settle_ms", "x").replace("[watch]", "[watch]\nsettle_msec = 3");
+        let text = MINIMAL
+            .replace("settle_ms", "x")
+            .replace("[watch]", "[watch]\nsettle_msec = 3");
         let err = parse(&text).expect_err("unknown key");
         assert!(err.to_string().contains("settle_msec"), "{err}");
         assert!(err.to_string().contains("test.toml"), "{err}");
@@ -928,7 +950,10 @@ default_purpose = "email_global"
 
     #[test]
     fn bad_timezone_and_separator_name_their_key() {
-        let text = MINIMAL.replace("default_purpose", "timezone = \"Mars/Olympus\"\ndefault_purpose");
+        let text = MINIMAL.replace(
+            "default_purpose",
+            "timezone = \"Mars/Olympus\"\ndefault_purpose",
+        );
         assert!(parse(&text).expect_err("tz").key.ends_with(".timezone"));
         let text = MINIMAL.replace("default_purpose", "separator = \"|\"\ndefault_purpose");
         assert!(parse(&text).expect_err("sep").key.ends_with(".separator"));

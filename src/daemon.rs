@@ -257,7 +257,10 @@ pub async fn run(
         }
     }
 
-    tracing::info!(in_flight = tasks.len(), "stopping: checkpointing the files in flight");
+    tracing::info!(
+        in_flight = tasks.len(),
+        "stopping: checkpointing the files in flight"
+    );
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     while let Some(joined) = tasks.join_next().await {
         if let Ok((work, Ok(report))) = joined {
@@ -323,7 +326,12 @@ enum Claimed {
     Left,
 }
 
-fn claim_ready(ctx: &Context, config: &Config, name: &str, warned: &mut HashSet<String>) -> Claimed {
+fn claim_ready(
+    ctx: &Context,
+    config: &Config,
+    name: &str,
+    warned: &mut HashSet<String>,
+) -> Claimed {
     let import = match config.import_for(name) {
         ImportMatch::One(import) => import.clone(),
         ImportMatch::None => {
@@ -405,12 +413,11 @@ fn recover(ctx: &Context, config: &Config) -> Result<Vec<Work>, DaemonError> {
                 "its import is no longer configured: the file waits in processing/"),
         }
     }
-    let entries = std::fs::read_dir(&ctx.dirs.processing).map_err(|source| {
-        claim::ClaimError::Io {
+    let entries =
+        std::fs::read_dir(&ctx.dirs.processing).map_err(|source| claim::ClaimError::Io {
             path: ctx.dirs.processing.clone(),
             source,
-        }
-    })?;
+        })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".claiming") {
@@ -428,7 +435,13 @@ fn recover(ctx: &Context, config: &Config) -> Result<Vec<Work>, DaemonError> {
             tracing::error!(file = %name, "a file in processing/ matches no single import: it waits there");
             continue;
         };
-        ctx.journal().record_claim(id, &import.name, original, &entry.path(), &pipeline::now_rfc3339())?;
+        ctx.journal().record_claim(
+            id,
+            &import.name,
+            original,
+            &entry.path(),
+            &pipeline::now_rfc3339(),
+        )?;
         tracing::info!(occurrence = %id, file = %original, "adopted from processing/");
         works.push(Work {
             occurrence_id: id.to_string(),
@@ -473,7 +486,10 @@ pub fn check_folders(config: &Config) -> Vec<String> {
     let mut remarks = Vec::new();
     let drop = &config.watch.dir;
     if !drop.is_dir() {
-        remarks.push(format!("error: the drop folder {} does not exist", drop.display()));
+        remarks.push(format!(
+            "error: the drop folder {} does not exist",
+            drop.display()
+        ));
     } else if !writable(drop) {
         remarks.push(format!(
             "error: the drop folder {} is not writable by this user (claiming moves files out of it)",
@@ -482,9 +498,13 @@ pub fn check_folders(config: &Config) -> Vec<String> {
     }
     let state = &config.state_dir;
     if state.exists() && !writable(state) {
-        remarks.push(format!("error: the state folder {} is not writable by this user", state.display()));
+        remarks.push(format!(
+            "error: the state folder {} is not writable by this user",
+            state.display()
+        ));
     }
-    if let (Some(drop_dev), Some(state_dev)) = (device_of(drop), device_of(nearest_existing(state))) {
+    if let (Some(drop_dev), Some(state_dev)) = (device_of(drop), device_of(nearest_existing(state)))
+    {
         if drop_dev != state_dev {
             remarks.push(format!(
                 "warning: {} and {} are on different file systems: claims will copy, fsync and unlink instead of an atomic rename",

@@ -249,7 +249,10 @@ mod tests {
             email,
             purpose_id: "newsletter_weekly",
             purpose_text: "I agree \"weekly\"",
-            instant: chrono::Utc.with_ymd_and_hms(2020, 6, 3, 21, 28, 55).single().expect("valid"),
+            instant: chrono::Utc
+                .with_ymd_and_hms(2020, 6, 3, 21, 28, 55)
+                .single()
+                .expect("valid"),
             origin,
             raw,
         }
@@ -257,7 +260,8 @@ mod tests {
 
     #[test]
     fn event_has_the_spec_shape() {
-        let import = import("attach_row_proof = true\n[import.user_metadata]\nsource = \"partner-x\"");
+        let import =
+            import("attach_row_proof = true\n[import.user_metadata]\nsource = \"partner-x\"");
         let mut writer = EventWriter::new(&import, "pr-1.csv", "abc123");
         let mut out = Vec::new();
         let the_row = row("jane@example.com", "203.0.113.7", b"jane@example.com;x");
@@ -270,7 +274,10 @@ mod tests {
         assert_eq!(event["consents"]["purposes"][0]["id"], "newsletter_weekly");
         assert_eq!(event["consents"]["purposes"][0]["enabled"], true);
         assert_eq!(event["metadata"]["consent_origin"], "203.0.113.7");
-        assert_eq!(event["metadata"]["consent_purpose_text"], "I agree \"weekly\"");
+        assert_eq!(
+            event["metadata"]["consent_purpose_text"],
+            "I agree \"weekly\""
+        );
         assert_eq!(event["metadata"]["import"], "news");
         assert_eq!(event["metadata"]["source_file"], "pr-1.csv");
         assert_eq!(event["metadata"]["source_sha256"], "abc123");
@@ -282,7 +289,11 @@ mod tests {
         assert_eq!(id.get_version_num(), 5);
         let mut name = Vec::new();
         event_id_name(&mut name, "news", &the_row);
-        assert_eq!(id, Uuid::new_v5(namespace(), &name), "same as the uuid crate's v5");
+        assert_eq!(
+            id,
+            Uuid::new_v5(namespace(), &name),
+            "same as the uuid crate's v5"
+        );
         assert_eq!(id, event_id("news", &the_row));
     }
 
@@ -301,20 +312,79 @@ mod tests {
     fn same_proof_same_id_and_any_change_another() {
         let base = row("a@b.co", "1.2.3.4", b"");
         let id = event_id("news", &base);
-        assert_eq!(id, event_id("news", &Row { line: 99, raw: b"other", ..base }));
+        assert_eq!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    line: 99,
+                    raw: b"other",
+                    ..base
+                }
+            )
+        );
         assert_ne!(id, event_id("other", &base));
-        assert_ne!(id, event_id("news", &Row { email: "c@b.co", ..base }));
-        assert_ne!(id, event_id("news", &Row { purpose_id: "p2", ..base }));
-        assert_ne!(id, event_id("news", &Row { purpose_text: "t2", ..base }));
-        assert_ne!(id, event_id("news", &Row { origin: "1.2.3.5", ..base }));
+        assert_ne!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    email: "c@b.co",
+                    ..base
+                }
+            )
+        );
+        assert_ne!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    purpose_id: "p2",
+                    ..base
+                }
+            )
+        );
+        assert_ne!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    purpose_text: "t2",
+                    ..base
+                }
+            )
+        );
+        assert_ne!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    origin: "1.2.3.5",
+                    ..base
+                }
+            )
+        );
         let later = base.instant + chrono::Duration::seconds(1);
-        assert_ne!(id, event_id("news", &Row { instant: later, ..base }));
+        assert_ne!(
+            id,
+            event_id(
+                "news",
+                &Row {
+                    instant: later,
+                    ..base
+                }
+            )
+        );
     }
 
     #[test]
     fn shifting_bytes_between_fields_changes_the_id() {
         let one = row("a@b.co", "x", b"");
-        let two = Row { purpose_id: "newsletter_weekl", purpose_text: "yI agree \"weekly\"", ..one };
+        let two = Row {
+            purpose_id: "newsletter_weekl",
+            purpose_text: "yI agree \"weekly\"",
+            ..one
+        };
         assert_ne!(event_id("n", &one), event_id("n", &two));
     }
 

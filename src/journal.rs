@@ -158,8 +158,10 @@ impl Journal {
         };
         let conn = Connection::open(&path).map_err(fail)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
         Ok(Journal { conn, path })
     }
@@ -189,7 +191,12 @@ impl Journal {
         Ok(())
     }
 
-    pub fn record_fingerprint(&self, id: &str, sha256: &str, size: u64) -> Result<(), JournalError> {
+    pub fn record_fingerprint(
+        &self,
+        id: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<(), JournalError> {
         self.conn
             .execute(
                 "UPDATE occurrences SET sha256 = ?2, size = ?3 WHERE id = ?1",
@@ -200,7 +207,11 @@ impl Journal {
     }
 
     /// Another occurrence with this content that was, or is being, delivered.
-    pub fn find_same_content(&self, sha256: &str, except_id: &str) -> Result<Option<String>, JournalError> {
+    pub fn find_same_content(
+        &self,
+        sha256: &str,
+        except_id: &str,
+    ) -> Result<Option<String>, JournalError> {
         self.conn
             .query_row(
                 "SELECT id FROM occurrences WHERE sha256 = ?1 AND id != ?2
@@ -254,7 +265,12 @@ impl Journal {
             tx.execute(
                 "UPDATE occurrences SET batches_acked = ?2, sink_cursor = ?3,
                  rows_refused = rows_refused + ?4 WHERE id = ?1",
-                params![id, batches_acked as i64, sink_cursor as i64, refusals.len() as i64],
+                params![
+                    id,
+                    batches_acked as i64,
+                    sink_cursor as i64,
+                    refusals.len() as i64
+                ],
             )?;
             tx.commit()
         })();
@@ -328,10 +344,15 @@ impl Journal {
                 })
             })
             .map_err(|e| self.fail(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.fail(e))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(e))
     }
 
-    fn select(&self, tail: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Occurrence>, JournalError> {
+    fn select(
+        &self,
+        tail: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Occurrence>, JournalError> {
         let mut statement = self
             .conn
             .prepare(&format!("SELECT {COLUMNS} FROM occurrences {tail}"))
@@ -339,7 +360,8 @@ impl Journal {
         let rows = statement
             .query_map(params, read_occurrence)
             .map_err(|e| self.fail(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.fail(e))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(e))
     }
 }
 
@@ -380,9 +402,17 @@ mod tests {
         {
             let mut journal = Journal::open(dir.path()).expect("open");
             journal
-                .record_claim("o1", "news", "a.csv", Path::new("/p/o1--a.csv"), "2026-01-01T00:00:00Z")
+                .record_claim(
+                    "o1",
+                    "news",
+                    "a.csv",
+                    Path::new("/p/o1--a.csv"),
+                    "2026-01-01T00:00:00Z",
+                )
                 .expect("claim");
-            journal.record_fingerprint("o1", "abc", 10).expect("fingerprint");
+            journal
+                .record_fingerprint("o1", "abc", 10)
+                .expect("fingerprint");
             journal
                 .record_validated(
                     "o1",
@@ -395,8 +425,13 @@ mod tests {
                     },
                 )
                 .expect("validated");
-            let refused = vec![Refusal { line: 7, message: "bad".into() }];
-            journal.record_progress("o1", 2, 4096, &refused).expect("progress");
+            let refused = vec![Refusal {
+                line: 7,
+                message: "bad".into(),
+            }];
+            journal
+                .record_progress("o1", 2, 4096, &refused)
+                .expect("progress");
             assert_eq!(journal.unfinished().expect("unfinished").len(), 1);
         }
         let journal = Journal::open(dir.path()).expect("reopen");
@@ -406,13 +441,19 @@ mod tests {
         assert_eq!(occurrence.sink_cursor, Some(4096));
         assert_eq!(occurrence.rows_refused, 1);
         assert_eq!(journal.refusals("o1").expect("refusals")[0].line, 7);
-        assert_eq!(journal.find_same_content("abc", "o2").expect("dup"), Some("o1".into()));
+        assert_eq!(
+            journal.find_same_content("abc", "o2").expect("dup"),
+            Some("o1".into())
+        );
         assert_eq!(journal.find_same_content("abc", "o1").expect("self"), None);
         journal
             .record_outcome("o1", Status::Archived, None, "2026-01-01T00:00:01Z")
             .expect("outcome");
         assert!(journal.unfinished().expect("unfinished").is_empty());
-        assert_eq!(journal.recent(10).expect("recent")[0].status, Status::Archived);
+        assert_eq!(
+            journal.recent(10).expect("recent")[0].status,
+            Status::Archived
+        );
     }
 
     #[test]
@@ -420,11 +461,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path()).expect("open");
         journal
-            .record_claim("o1", "news", "a.csv", Path::new("/p/a"), "2026-01-01T00:00:00Z")
+            .record_claim(
+                "o1",
+                "news",
+                "a.csv",
+                Path::new("/p/a"),
+                "2026-01-01T00:00:00Z",
+            )
             .expect("claim");
-        journal.record_fingerprint("o1", "abc", 10).expect("fingerprint");
         journal
-            .record_outcome("o1", Status::Failed, Some("quarantined"), "2026-01-01T00:00:01Z")
+            .record_fingerprint("o1", "abc", 10)
+            .expect("fingerprint");
+        journal
+            .record_outcome(
+                "o1",
+                Status::Failed,
+                Some("quarantined"),
+                "2026-01-01T00:00:01Z",
+            )
             .expect("outcome");
         assert_eq!(journal.find_same_content("abc", "o2").expect("dup"), None);
     }

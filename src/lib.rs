@@ -5,17 +5,20 @@
 //! validated rows) → [`event`] (row → consent event) → [`sink`] (batches →
 //! file or HTTP). [`pipeline`] runs one file through them; [`daemon`] and
 //! [`commands`] drive it.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
-pub mod config;
-pub mod parse;
-pub mod sink;
 pub mod claim;
+pub mod commands;
+pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod journal;
-pub mod pipeline;
-pub mod commands;
-pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod parse;
+pub mod pipeline;
+pub mod sink;
 pub mod watch;

@@ -87,7 +87,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { Exit::Usage as u8 } else { 0 });
+            return ExitCode::from(if err.use_stderr() {
+                Exit::Usage as u8
+            } else {
+                0
+            });
         }
     };
     logging::init(match cli.log_format {
@@ -97,7 +101,13 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let result = match &cli.command {
         Command::Run { config } => commands::run(config.as_deref()),
-        Command::Check { config, import, online, show, files } => commands::check(
+        Command::Check {
+            config,
+            import,
+            online,
+            show,
+            files,
+        } => commands::check(
             &CheckOptions {
                 config: config.as_deref(),
                 files,
@@ -107,7 +117,12 @@ fn main() -> ExitCode {
             },
             &mut out,
         ),
-        Command::Import { config, import, quiet, file } => commands::import(
+        Command::Import {
+            config,
+            import,
+            quiet,
+            file,
+        } => commands::import(
             &ImportOptions {
                 config: config.as_deref(),
                 file,
@@ -116,12 +131,23 @@ fn main() -> ExitCode {
             },
             &mut out,
         ),
-        Command::Status { config, limit, json } => {
-            commands::status(config.as_deref(), *limit, *json, &mut out)
-        }
-        Command::Sample { config, import, rows, output } => {
-            commands::sample(config.as_deref(), import, *rows, output.as_deref(), &mut out)
-        }
+        Command::Status {
+            config,
+            limit,
+            json,
+        } => commands::status(config.as_deref(), *limit, *json, &mut out),
+        Command::Sample {
+            config,
+            import,
+            rows,
+            output,
+        } => commands::sample(
+            config.as_deref(),
+            import,
+            *rows,
+            output.as_deref(),
+            &mut out,
+        ),
     };
     let exit = match result {
         Ok(exit) => exit,

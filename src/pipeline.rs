@@ -82,7 +82,9 @@ impl Context {
     pub fn journal(&self) -> MutexGuard<'_, Journal> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (transactions roll back), so a poisoned lock is still usable.
-        self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -264,11 +266,19 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             },
         )?;
     }
-    let skip = if resuming { occurrence.batches_acked } else { 0 };
+    let skip = if resuming {
+        occurrence.batches_acked
+    } else {
+        0
+    };
     ctx.counters
         .batches_planned
         .fetch_add(batches_total.saturating_sub(skip), Ordering::Relaxed);
-    let cursor = if resuming { occurrence.sink_cursor } else { None };
+    let cursor = if resuming {
+        occurrence.sink_cursor
+    } else {
+        None
+    };
     let started = Instant::now();
     let delivered = deliver(
         ctx,
@@ -323,7 +333,15 @@ async fn deliver(
         let batch_size = plan.batch_size;
         let skip = plan.skip;
         tokio::task::spawn_blocking(move || {
-            produce_batches(&import, &path, &file_name, &fingerprint, batch_size, skip, sender)
+            produce_batches(
+                &import,
+                &path,
+                &file_name,
+                &fingerprint,
+                batch_size,
+                skip,
+                sender,
+            )
         })
     };
 
@@ -581,7 +599,9 @@ fn produce_batches(
             let mut writer = EventWriter::new(import, file_name, &fingerprint.sha256);
             for (seq, block) in (skip_batches..).zip(received) {
                 let mut batch = Batch::new(seq);
-                batch.buf.reserve(block.text.len() * 3 + 512 * block.rows.len());
+                batch
+                    .buf
+                    .reserve(block.text.len() * 3 + 512 * block.rows.len());
                 for row in block.rows() {
                     batch.push_with(row.line, |out| {
                         writer.write(&row, out);
@@ -642,9 +662,9 @@ struct BlockRow {
 impl RowBlock {
     fn push(&mut self, row: &crate::parse::Row<'_>) {
         let mut ends = [0; 4];
-        for (end, field) in ends
-            .iter_mut()
-            .zip([row.email, row.purpose_id, row.purpose_text, row.origin])
+        for (end, field) in
+            ends.iter_mut()
+                .zip([row.email, row.purpose_id, row.purpose_text, row.origin])
         {
             self.text.push_str(field);
             *end = self.text.len();
@@ -727,11 +747,7 @@ async fn finish(
         }
         let mut writer = RejectsWriter::open_append(&scratch)?;
         for refusal in &refusals {
-            writer.write(
-                refusal.line,
-                &refusal.message,
-                "",
-            )?;
+            writer.write(refusal.line, &refusal.message, "")?;
         }
         writer.finish()?;
         claim::move_durably(&scratch, &placement.rejects)?;
@@ -794,8 +810,12 @@ pub fn settle_moved(ctx: &Context, occurrence: &Occurrence) -> Result<bool, Pipe
     } else {
         Status::Duplicate
     };
-    ctx.journal()
-        .record_outcome(&occurrence.id, status, occurrence.reason.as_deref(), &now_rfc3339())?;
+    ctx.journal().record_outcome(
+        &occurrence.id,
+        status,
+        occurrence.reason.as_deref(),
+        &now_rfc3339(),
+    )?;
     Ok(true)
 }
 

@@ -9,21 +9,46 @@ use harness::{proof_rows, Site, IMPORT};
 fn check_accepts_a_good_config_and_counts_a_file_without_sending() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-consentements-1.csv");
-    std::fs::write(&file, proof_rows("a", 5) + "bad-email;x;01/01/2020 00:00:00;1.2.3.4;\n").expect("write");
-    let output = site.command().args(["check", "-c"]).arg(&site.config).arg(&file).output().expect("run");
+    std::fs::write(
+        &file,
+        proof_rows("a", 5) + "bad-email;x;01/01/2020 00:00:00;1.2.3.4;\n",
+    )
+    .expect("write");
+    let output = site
+        .command()
+        .args(["check", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "rows rejected → exit 1\n{stdout}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "rows rejected → exit 1\n{stdout}"
+    );
     assert!(stdout.contains("5 accepted, 1 rejected"), "{stdout}");
     assert!(stdout.contains("line 7"), "reject names its line: {stdout}");
-    assert!(stdout.contains("\"organization_user_id\": \"a0@example.com\""), "{stdout}");
+    assert!(
+        stdout.contains("\"organization_user_id\": \"a0@example.com\""),
+        "{stdout}"
+    );
     assert!(!site.outbox.exists(), "check sends nothing");
     assert!(file.exists(), "check moves nothing");
 }
 
 #[test]
 fn check_names_the_bad_key_and_exits_2() {
-    let site = Site::new(&IMPORT.replace("timezone = \"Europe/Paris\"", "timezone = \"Europe/Atlantis\""));
-    let output = site.command().args(["check", "-c"]).arg(&site.config).output().expect("run");
+    let site = Site::new(&IMPORT.replace(
+        "timezone = \"Europe/Paris\"",
+        "timezone = \"Europe/Atlantis\"",
+    ));
+    let output = site
+        .command()
+        .args(["check", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr.contains("timezone"), "{stderr}");
@@ -33,7 +58,12 @@ fn check_names_the_bad_key_and_exits_2() {
 #[test]
 fn unknown_config_key_is_refused() {
     let site = Site::new(&IMPORT.replace("default_purpose", "default_purpse"));
-    let output = site.command().args(["check", "-c"]).arg(&site.config).output().expect("run");
+    let output = site
+        .command()
+        .args(["check", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("default_purpse"));
 }
@@ -43,14 +73,31 @@ fn import_delivers_to_the_file_sink_and_archives_a_copy() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-consentements-2.csv");
     std::fs::write(&file, proof_rows("b", 250)).expect("write");
-    let output = site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).output().expect("run");
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = site
+        .command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let events = site.outbox_events();
     assert_eq!(events.len(), 250);
     assert_eq!(events[0]["user"]["organization_user_id"], "b0@example.com");
-    assert_eq!(events[0]["consents"]["purposes"][0]["id"], "newsletter_weekly");
+    assert_eq!(
+        events[0]["consents"]["purposes"][0]["id"],
+        "newsletter_weekly"
+    );
     assert_eq!(events[1]["consents"]["purposes"][0]["id"], "email_global");
-    assert_eq!(events[0]["created_at"], "2020-06-01T19:28:00Z", "Paris summer time is UTC+2");
+    assert_eq!(
+        events[0]["created_at"], "2020-06-01T19:28:00Z",
+        "Paris summer time is UTC+2"
+    );
     assert_eq!(events[0]["metadata"]["source_line"], 2);
     assert!(file.exists(), "the operator's file is left in place");
     let reports = site.reports("archive");
@@ -65,8 +112,19 @@ fn import_of_the_same_content_twice_sends_it_once() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-same.csv");
     std::fs::write(&file, proof_rows("c", 10)).expect("write");
-    site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).assert().code(0);
-    let output = site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).output().expect("run");
+    site.command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .assert()
+        .code(0);
+    let output = site
+        .command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("Duplicate"));
     assert_eq!(site.outbox_events().len(), 10);
@@ -78,7 +136,13 @@ fn import_with_rejects_exits_1_and_writes_the_rejects_file() {
     let file = site.path("pr-rejects.csv");
     let content = proof_rows("d", 4) + "d9@example.com;x;31/02/2020 10:00:00;1.2.3.4;\n";
     std::fs::write(&file, content).expect("write");
-    let output = site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).output().expect("run");
+    let output = site
+        .command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(1));
     let rejects: Vec<_> = site
         .files_under("archive")
@@ -97,15 +161,26 @@ fn a_file_with_mostly_bad_rows_is_quarantined_and_nothing_sent() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-wrong-format.csv");
     // ISO dates where the import expects dd/MM/yyyy: every row rejected.
-    let content = proof_rows("e", 10).replace("/06/2020", "").replace(";0", ";2020-06-0");
+    let content = proof_rows("e", 10)
+        .replace("/06/2020", "")
+        .replace(";0", ";2020-06-0");
     std::fs::write(&file, content).expect("write");
-    let output = site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).output().expect("run");
+    let output = site
+        .command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(1));
     assert!(site.outbox_events().is_empty());
     let reports = site.reports("failed");
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0]["status"], "quarantined");
-    assert!(reports[0]["reason"].as_str().unwrap_or("").contains("max_reject_ratio"));
+    assert!(reports[0]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("max_reject_ratio"));
 }
 
 #[test]
@@ -119,7 +194,13 @@ fn sample_writes_a_file_that_check_accepts() {
         .arg(&site.config)
         .assert()
         .code(0);
-    let output = site.command().args(["check", "-c"]).arg(&site.config).arg(&sample).output().expect("run");
+    let output = site
+        .command()
+        .args(["check", "-c"])
+        .arg(&site.config)
+        .arg(&sample)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("20 accepted, 0 rejected"), "{stdout}");
@@ -130,8 +211,18 @@ fn status_lists_recent_occurrences_as_json() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-status.csv");
     std::fs::write(&file, proof_rows("f", 3)).expect("write");
-    site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).assert().code(0);
-    let output = site.command().args(["status", "--json", "-c"]).arg(&site.config).output().expect("run");
+    site.command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .assert()
+        .code(0);
+    let output = site
+        .command()
+        .args(["status", "--json", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("run");
     let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(list[0]["status"], "archived");
     assert_eq!(list[0]["rows_accepted"], 3);
@@ -143,7 +234,13 @@ fn a_file_matching_no_import_is_a_usage_error() {
     let site = Site::new(IMPORT);
     let file = site.path("other.csv");
     std::fs::write(&file, proof_rows("g", 1)).expect("write");
-    let output = site.command().args(["import", "-c"]).arg(&site.config).arg(&file).output().expect("run");
+    let output = site
+        .command()
+        .args(["import", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(2));
 }
 
@@ -153,21 +250,34 @@ fn every_event_names_the_sha256_of_the_archived_file_and_its_line() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-audit.csv");
     std::fs::write(&file, proof_rows("audit", 120)).expect("write");
-    site.command().args(["import", "--quiet", "-c"]).arg(&site.config).arg(&file).assert().code(0);
+    site.command()
+        .args(["import", "--quiet", "-c"])
+        .arg(&site.config)
+        .arg(&file)
+        .assert()
+        .code(0);
     let reports = site.reports("archive");
     let archived = reports[0]["file"].as_str().expect("archived path");
     let archived_bytes = std::fs::read(archived).expect("archived file");
     let digest = sha2::Sha256::digest(&archived_bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let lines: Vec<&str> = std::str::from_utf8(&archived_bytes).expect("utf-8").lines().collect();
+    let lines: Vec<&str> = std::str::from_utf8(&archived_bytes)
+        .expect("utf-8")
+        .lines()
+        .collect();
     let events = site.outbox_events();
     assert_eq!(events.len(), 120);
     for event in &events {
         assert_eq!(event["metadata"]["source_sha256"], hex.as_str());
         assert_eq!(event["metadata"]["source_file"], "pr-audit.csv");
         let line = event["metadata"]["source_line"].as_u64().expect("line") as usize;
-        let email = event["user"]["organization_user_id"].as_str().expect("email");
-        assert!(lines[line - 1].starts_with(email), "line {line} of the archived file is the proof");
+        let email = event["user"]["organization_user_id"]
+            .as_str()
+            .expect("email");
+        assert!(
+            lines[line - 1].starts_with(email),
+            "line {line} of the archived file is the proof"
+        );
     }
 }
 
@@ -176,8 +286,16 @@ fn check_names_the_imports_a_waiting_file_matches_twice() {
     let second = "\n[[import]]\nname = \"all-proofs\"\npattern = \"proofs\"\ndate_format = \"yyyy-MM-dd HH:mm:ss\"\ndefault_purpose = \"p\"\n";
     let site = Site::new(&format!("{IMPORT}{second}"));
     std::fs::write(site.drop.join("pr-proofs-1.csv"), proof_rows("a", 1)).expect("write");
-    let output = site.command().args(["check", "-c"]).arg(&site.config).output().expect("run");
+    let output = site
+        .command()
+        .args(["check", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains("pr-proofs-1.csv") && stdout.contains("news, all-proofs"), "{stdout}");
+    assert!(
+        stdout.contains("pr-proofs-1.csv") && stdout.contains("news, all-proofs"),
+        "{stdout}"
+    );
 }

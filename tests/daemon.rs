@@ -12,7 +12,10 @@ use harness::{proof_rows, wait_until, Site, IMPORT};
 const LONG: Duration = Duration::from_secs(60);
 
 fn ids(events: &[serde_json::Value]) -> HashSet<String> {
-    events.iter().map(|e| e["id"].as_str().unwrap_or("").to_string()).collect()
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 const TWO_IMPORTS: &str = r#"
@@ -51,7 +54,10 @@ fn files_for_several_imports_are_delivered_and_archived() {
     let events = site.outbox_events();
     assert_eq!(events.len(), 152);
     assert_eq!(ids(&events).len(), 152, "every id once");
-    let shop: Vec<_> = events.iter().filter(|e| e["metadata"]["import"] == "shop").collect();
+    let shop: Vec<_> = events
+        .iter()
+        .filter(|e| e["metadata"]["import"] == "shop")
+        .collect();
     assert_eq!(shop.len(), 2);
     assert_eq!(shop[0]["consents"]["purposes"][0]["id"], "shop_offers");
     assert_eq!(shop[0]["metadata"]["consent_origin"], "2001:db8::1");
@@ -60,8 +66,16 @@ fn files_for_several_imports_are_delivered_and_archived() {
         assert_eq!(report["status"], "archived");
         assert_eq!(report["rows_rejected"], 0);
     }
-    assert!(std::fs::read_dir(&site.drop).expect("drop").next().is_none(), "drop folder emptied");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        std::fs::read_dir(&site.drop)
+            .expect("drop")
+            .next()
+            .is_none(),
+        "drop folder emptied"
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -77,13 +91,23 @@ fn a_slow_writer_is_read_once_and_complete() {
     // An SFTP client paused on a slow link: the file stays open, unchanged,
     // for longer than settle_ms.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(path.exists(), "an open file is never claimed; log:\n{}", site.log());
+    assert!(
+        path.exists(),
+        "an open file is never claimed; log:\n{}",
+        site.log()
+    );
     writer.write_all(second.as_bytes()).expect("second half");
     drop(writer);
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     let events = site.outbox_events();
     assert_eq!(events.len(), 60, "the whole file, once");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -93,30 +117,50 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     let mut daemon = site.start();
     site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
     let acknowledged = || {
-        let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output();
+        let status = site
+            .command()
+            .args(["status", "--json", "-c"])
+            .arg(&site.config)
+            .output();
         status
             .ok()
             .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
             .and_then(|journal| journal[0]["batches_acked"].as_u64())
             .is_some_and(|acked| acked > 0)
     };
-    assert!(wait_until(LONG, acknowledged), "delivery started; log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, acknowledged),
+        "delivery started; log:\n{}",
+        site.log()
+    );
     daemon.kill9();
     assert!(site.reports("archive").is_empty(), "killed before the end");
-    let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output().expect("status");
+    let status = site
+        .command()
+        .args(["status", "--json", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("status");
     let journal: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(journal[0]["status"], "delivering");
     let acked = journal[0]["batches_acked"].as_u64().unwrap_or(0);
     assert!(acked > 0, "some batches were acknowledged before the kill");
 
     let mut daemon = site.start();
-    assert!(wait_until(Duration::from_secs(120), || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(Duration::from_secs(120), || site.reports("archive").len()
+            == 1),
+        "log:\n{}",
+        site.log()
+    );
     let events = site.outbox_events();
     assert_eq!(events.len(), rows, "no event lost, none written twice");
     assert_eq!(ids(&events).len(), rows);
     assert!(site.log().contains("resuming"), "log:\n{}", site.log());
     assert!(site.files_under("processing").is_empty());
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -124,10 +168,21 @@ fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
     let site = Site::new(IMPORT);
     let mut daemon = site.start();
     site.drop_file("pr-once.csv", proof_rows("o", 5).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     site.drop_file("pr-once-again.csv", proof_rows("o", 5).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 2), "log:\n{}", site.log());
-    let duplicate = site.reports("archive").into_iter().find(|r| r["status"] == "duplicate");
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 2),
+        "log:\n{}",
+        site.log()
+    );
+    let duplicate = site
+        .reports("archive")
+        .into_iter()
+        .find(|r| r["status"] == "duplicate");
     assert!(duplicate.is_some(), "second copy recorded as duplicate");
     assert_eq!(site.outbox_events().len(), 5, "sent once");
 
@@ -142,14 +197,31 @@ fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
     site.drop_file(".pr-hidden.csv", proof_rows("h", 3).as_bytes());
     site.drop_file("unmatched.csv", proof_rows("u", 3).as_bytes());
     // Several rescans (rescan_s = 1) and settle periods pass.
-    assert!(wait_until(Duration::from_secs(5), || site.log().contains("matches no import")));
+    assert!(wait_until(Duration::from_secs(5), || site
+        .log()
+        .contains("matches no import")));
     std::thread::sleep(Duration::from_millis(2500));
-    for name in ["pr-link.csv", "pr-fifo.csv", "pr-upload.csv.part", ".pr-hidden.csv", "unmatched.csv"] {
-        assert!(site.drop.join(name).symlink_metadata().is_ok(), "{name} left in place");
+    for name in [
+        "pr-link.csv",
+        "pr-fifo.csv",
+        "pr-upload.csv.part",
+        ".pr-hidden.csv",
+        "unmatched.csv",
+    ] {
+        assert!(
+            site.drop.join(name).symlink_metadata().is_ok(),
+            "{name} left in place"
+        );
     }
     assert_eq!(site.outbox_events().len(), 5, "nothing read from them");
-    assert_eq!(site.log().matches("matches no import").count(), 1, "logged once");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert_eq!(
+        site.log().matches("matches no import").count(),
+        1,
+        "logged once"
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -163,22 +235,44 @@ fn sigterm_mid_file_then_restart_loses_nothing() {
         "claimed; log:\n{}",
         site.log()
     );
-    let status = daemon.terminate(Duration::from_secs(60)).expect("exits well inside the stop timeout");
+    let status = daemon
+        .terminate(Duration::from_secs(60))
+        .expect("exits well inside the stop timeout");
     assert!(status.success());
-    assert!(site.log().contains("checkpointed"), "stopped mid-file; log:\n{}", site.log());
-    assert_eq!(site.files_under("processing").len(), 1, "the file waits in processing/");
+    assert!(
+        site.log().contains("checkpointed"),
+        "stopped mid-file; log:\n{}",
+        site.log()
+    );
+    assert_eq!(
+        site.files_under("processing").len(),
+        1,
+        "the file waits in processing/"
+    );
     let mut daemon = site.start();
-    assert!(wait_until(Duration::from_secs(120), || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(Duration::from_secs(120), || site.reports("archive").len()
+            == 1),
+        "log:\n{}",
+        site.log()
+    );
     let events = site.outbox_events();
     assert_eq!(events.len(), rows);
     assert_eq!(ids(&events).len(), rows);
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
 fn a_bad_config_stops_the_daemon_with_exit_2() {
     let site = Site::new(&IMPORT.replace("separator = \";\"", "separator = \"|\""));
-    let output = site.command().args(["run", "-c"]).arg(&site.config).output().expect("run");
+    let output = site
+        .command()
+        .args(["run", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("separator"));
 }
@@ -187,14 +281,29 @@ fn a_bad_config_stops_the_daemon_with_exit_2() {
 fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     let site = Site::new(IMPORT);
     let daemon = site.start();
-    site.drop_file("shop_1.csv", b"email,purpose,date,origin\nx@shop.com,offers,2021-01-02 03:04:05,10.0.0.1\n");
-    assert!(wait_until(LONG, || site.log().contains("matches no import")), "log:\n{}", site.log());
+    site.drop_file(
+        "shop_1.csv",
+        b"email,purpose,date,origin\nx@shop.com,offers,2021-01-02 03:04:05,10.0.0.1\n",
+    );
+    assert!(
+        wait_until(LONG, || site.log().contains("matches no import")),
+        "log:\n{}",
+        site.log()
+    );
 
     // A broken config: logged, the running one kept.
     let good = std::fs::read_to_string(&site.config).expect("config");
-    std::fs::write(&site.config, good.replace("separator = \";\"", "separator = \"|\"")).expect("write");
+    std::fs::write(
+        &site.config,
+        good.replace("separator = \";\"", "separator = \"|\""),
+    )
+    .expect("write");
     daemon.signal(libc::SIGHUP);
-    assert!(wait_until(LONG, || site.log().contains("configuration not reloaded")), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.log().contains("configuration not reloaded")),
+        "log:\n{}",
+        site.log()
+    );
 
     // A good one with a new import: the waiting file is taken.
     let with_shop = format!(
@@ -202,6 +311,10 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     );
     std::fs::write(&site.config, with_shop).expect("write");
     daemon.signal(libc::SIGHUP);
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(site.outbox_events()[0]["metadata"]["import"], "shop");
 }

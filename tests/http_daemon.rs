@@ -25,7 +25,10 @@ fn api(options: ServerOptions) -> Api {
         .build()
         .expect("runtime");
     let server = runtime.block_on(ApiServer::start(options));
-    Api { server, _runtime: runtime }
+    Api {
+        server,
+        _runtime: runtime,
+    }
 }
 
 fn http_sink(api: &ApiServer, credentials: &str, extra: &str) -> String {
@@ -46,22 +49,45 @@ fn api_key_credentials(site_root: &std::path::Path, secret: &str) -> String {
 fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
     let api = api(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, &api_key_credentials(root.path(), "test-secret"), "concurrency = 4"));
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server,
+            &api_key_credentials(root.path(), "test-secret"),
+            "concurrency = 4",
+        ),
+    );
     let rows = 100_000;
     api.server.set_delay(Duration::from_millis(5));
     let mut daemon = site.start();
     site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
-    assert!(wait_until(LONG, || api.server.event_count() > rows / 4), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || api.server.event_count() > rows / 4),
+        "log:\n{}",
+        site.log()
+    );
     daemon.kill9();
     let at_kill = api.server.event_count();
-    let status = site.command().args(["status", "--json", "-c"]).arg(&site.config).output().expect("status");
+    let status = site
+        .command()
+        .args(["status", "--json", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("status");
     let journal: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     let acked_rows = journal[0]["batches_acked"].as_u64().expect("acked") as usize * 100;
-    assert!(acked_rows > 0 && acked_rows <= at_kill, "journal records only delivered batches");
+    assert!(
+        acked_rows > 0 && acked_rows <= at_kill,
+        "journal records only delivered batches"
+    );
     api.server.set_delay(Duration::ZERO);
 
     let mut daemon = site.start();
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), rows, "every event at the server");
     let resent = api.server.duplicates() as usize;
     assert!(
@@ -70,47 +96,85 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
         at_kill - acked_rows
     );
     eprintln!("kill -9: {at_kill} events at the server, {acked_rows} recorded, {resent} re-sent");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
 fn an_api_in_trouble_gets_every_event_exactly_once() {
     let api = api(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, &api_key_credentials(root.path(), "test-secret"), "concurrency = 4"));
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server,
+            &api_key_credentials(root.path(), "test-secret"),
+            "concurrency = 4",
+        ),
+    );
     api.server.set_fail_ratio(0.3);
     api.server.set_429_burst(5, 1);
     api.server.drop_connections(3);
     let mut daemon = site.start();
     site.drop_file("pr-chaos.csv", proof_rows("c", 5_000).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), 5_000);
     assert!(site.files_under("failed").is_empty());
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
 fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
     let api = api(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, &api_key_credentials(root.path(), "test-secret"), ""));
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server,
+            &api_key_credentials(root.path(), "test-secret"),
+            "",
+        ),
+    );
     let mut content = proof_rows("r", 100);
     for i in [7, 50, 93] {
-        content = content.replace(&format!("\nr{i}@example.com"), &format!("\nr{i}+refuse@example.com"));
+        content = content.replace(
+            &format!("\nr{i}@example.com"),
+            &format!("\nr{i}+refuse@example.com"),
+        );
     }
     let mut daemon = site.start();
     site.drop_file("pr-refused.csv", content.as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), 97);
     let report = &site.reports("archive")[0];
     assert_eq!(report["rows_refused"], 3);
     assert_eq!(report["rows_delivered"], 97);
-    let rejects = std::fs::read_to_string(report["rejects_file"].as_str().expect("rejects")).expect("read");
+    let rejects =
+        std::fs::read_to_string(report["rejects_file"].as_str().expect("rejects")).expect("read");
     for line in [9, 52, 95] {
-        assert!(rejects.contains(&format!("\n{line},\"refused by the API (422")), "line {line}: {rejects}");
+        assert!(
+            rejects.contains(&format!("\n{line},\"refused by the API (422")),
+            "line {line}: {rejects}"
+        );
     }
-    assert!(rejects.contains("organization_user_id is refused"), "the API's message is kept: {rejects}");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        rejects.contains("organization_user_id is refused"),
+        "the API's message is kept: {rejects}"
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
@@ -118,24 +182,58 @@ fn wrong_secret_waits_then_sighup_with_the_fixed_secret_delivers() {
     let api = api(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
     let wrong = "wrong-secret-4f1a9";
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, &api_key_credentials(root.path(), wrong), ""));
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(&api.server, &api_key_credentials(root.path(), wrong), ""),
+    );
     let daemon = site.start();
     site.drop_file("pr-auth.csv", proof_rows("a", 50).as_bytes());
-    assert!(wait_until(LONG, || site.log().contains("test-key")), "one error naming the key; log:\n{}", site.log());
-    assert!(wait_until(LONG, || api.server.session_attempts() >= 2), "probed again");
+    assert!(
+        wait_until(LONG, || site.log().contains("test-key")),
+        "one error naming the key; log:\n{}",
+        site.log()
+    );
+    assert!(
+        wait_until(LONG, || api.server.session_attempts() >= 2),
+        "probed again"
+    );
     assert_eq!(api.server.event_count(), 0, "nothing delivered before");
     assert!(site.files_under("failed").is_empty());
-    assert_eq!(site.files_under("processing").len(), 1, "the file waits in processing/");
+    assert_eq!(
+        site.files_under("processing").len(),
+        1,
+        "the file waits in processing/"
+    );
 
     std::fs::write(root.path().join("secret"), "test-secret").expect("fix secret");
     daemon.signal(libc::SIGHUP);
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), 50, "everything after");
     assert!(site.files_under("failed").is_empty());
-    let check = site.command().args(["check", "--online", "-c"]).arg(&site.config).output().expect("check");
-    let printed = format!("{}{}{}", site.log(), String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    assert!(String::from_utf8_lossy(&check.stdout).contains("session opened"), "{printed}");
-    assert!(!printed.contains(wrong) && !printed.contains("test-secret"), "the secret is never printed");
+    let check = site
+        .command()
+        .args(["check", "--online", "-c"])
+        .arg(&site.config)
+        .output()
+        .expect("check");
+    let printed = format!(
+        "{}{}{}",
+        site.log(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("session opened"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains(wrong) && !printed.contains("test-secret"),
+        "the secret is never printed"
+    );
     for token in api.server.issued_tokens() {
         assert!(!printed.contains(&token), "a token was printed");
     }
@@ -143,35 +241,87 @@ fn wrong_secret_waits_then_sighup_with_the_fixed_secret_delivers() {
 
 #[test]
 fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
-    let api = api(ServerOptions { token_lifetime_s: 2, ..ServerOptions::default() });
+    let api = api(ServerOptions {
+        token_lifetime_s: 2,
+        ..ServerOptions::default()
+    });
     let root = tempfile::tempdir().expect("tmp");
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, &api_key_credentials(root.path(), "test-secret"), ""));
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server,
+            &api_key_credentials(root.path(), "test-secret"),
+            "",
+        ),
+    );
     let mut daemon = site.start();
     site.drop_file("pr-t1.csv", proof_rows("t", 300).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     std::thread::sleep(Duration::from_millis(2500)); // the token's lifetime passes
     site.drop_file("pr-t2.csv", proof_rows("u", 300).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 2), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 2),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), 600);
     assert_eq!(api.server.duplicates(), 0);
-    assert!(api.server.sessions_opened() >= 2, "a new session for the second file");
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        api.server.sessions_opened() >= 2,
+        "a new session for the second file"
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
 
 #[test]
 fn a_ready_token_is_used_and_never_logged() {
     let token = "static-token-9d3c2b1a";
-    let api = api(ServerOptions { static_tokens: vec![token.into()], ..ServerOptions::default() });
-    let site = Site::with_sink(IMPORT, &http_sink(&api.server, "token_env = \"CD_TEST_TOKEN\"", "disable_integrations_unused = 0").replace("disable_integrations_unused = 0", ""));
-    let config = std::fs::read_to_string(&site.config).expect("config").replace("default_purpose", "disable_integrations = true\ndefault_purpose");
+    let api = api(ServerOptions {
+        static_tokens: vec![token.into()],
+        ..ServerOptions::default()
+    });
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server,
+            "token_env = \"CD_TEST_TOKEN\"",
+            "disable_integrations_unused = 0",
+        )
+        .replace("disable_integrations_unused = 0", ""),
+    );
+    let config = std::fs::read_to_string(&site.config)
+        .expect("config")
+        .replace(
+            "default_purpose",
+            "disable_integrations = true\ndefault_purpose",
+        );
     std::fs::write(&site.config, config).expect("config");
     let mut daemon = site.start_with_env(&[("CD_TEST_TOKEN", token), ("RUST_LOG", "debug")]);
     site.drop_file("pr-token.csv", proof_rows("s", 20).as_bytes());
-    assert!(wait_until(LONG, || site.reports("archive").len() == 1), "log:\n{}", site.log());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
     assert_eq!(api.server.event_count(), 20);
     let queries: HashSet<String> = api.server.queries().into_iter().collect();
     assert!(queries.iter().all(|q| q.contains("organization_id=org-1") && q.contains("disable_integrations=true")), "{queries:?}");
-    assert!(api.server.user_agents().iter().all(|ua| ua.starts_with("consent-drop/")));
-    assert!(daemon.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
-    assert!(!site.log().contains(token), "the token never appears in the log");
+    assert!(api
+        .server
+        .user_agents()
+        .iter()
+        .all(|ua| ua.starts_with("consent-drop/")));
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    assert!(
+        !site.log().contains(token),
+        "the token never appears in the log"
+    );
 }

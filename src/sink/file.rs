@@ -54,7 +54,8 @@ impl FileSink {
         // batches are sent again, and must not appear twice.
         file.set_len(written).map_err(io_at(&partial))?;
         let mut file = file;
-        file.seek(SeekFrom::Start(written)).map_err(io_at(&partial))?;
+        file.seek(SeekFrom::Start(written))
+            .map_err(io_at(&partial))?;
         Ok(FileDelivery {
             file,
             partial,
@@ -153,7 +154,9 @@ mod tests {
     fn batch(seq: u64, events: &[&str]) -> Batch {
         let mut batch = Batch::new(seq);
         for (index, event) in events.iter().enumerate() {
-            batch.push_with(index as u64 + 1, |out| out.extend_from_slice(event.as_bytes()));
+            batch.push_with(index as u64 + 1, |out| {
+                out.extend_from_slice(event.as_bytes())
+            });
         }
         batch
     }
@@ -175,7 +178,9 @@ mod tests {
             batch_size: 2,
         });
         let mut delivery = sink.open(&target(), None).expect("open");
-        let mut acks = delivery.send(batch(0, &["{\"a\":1}", "{\"a\":2}"])).expect("send");
+        let mut acks = delivery
+            .send(batch(0, &["{\"a\":1}", "{\"a\":2}"]))
+            .expect("send");
         acks.extend(delivery.send(batch(1, &["{\"a\":3}"])).expect("send"));
         let (more, result) = delivery.finish();
         result.expect("finish");
@@ -185,7 +190,10 @@ mod tests {
             .expect("complete file");
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
         assert_eq!(acks[1].cursor, text.len() as u64);
-        assert!(!dir.path().join("20260101T000000Z_news_occ.ndjson.partial").exists());
+        assert!(!dir
+            .path()
+            .join("20260101T000000Z_news_occ.ndjson.partial")
+            .exists());
     }
 
     #[test]
@@ -199,7 +207,9 @@ mod tests {
         first.send(batch(0, &["{\"a\":1}"])).expect("send");
         let acks = first.sync().expect("sync");
         let cursor = acks[0].cursor;
-        first.send(batch(1, &["{\"a\":2}"])).expect("send, never acked");
+        first
+            .send(batch(1, &["{\"a\":2}"]))
+            .expect("send, never acked");
         drop(first);
 
         let mut again = sink.open(&target(), Some(cursor)).expect("reopen");

@@ -122,7 +122,10 @@ pub enum Sink {
 
 impl Sink {
     /// `shutdown` interrupts retries and waits.
-    pub fn from_settings(settings: &SinkSettings, shutdown: CancellationToken) -> Result<Sink, SinkError> {
+    pub fn from_settings(
+        settings: &SinkSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Sink, SinkError> {
         Ok(match settings {
             SinkSettings::File(file) => Sink::File(file::FileSink::new(file.clone())),
             SinkSettings::Http(http) => Sink::Http(http::HttpSink::new(http.clone(), shutdown)?),
@@ -130,7 +133,11 @@ impl Sink {
     }
 
     /// Starts (or, with `resume_cursor` from the last ack, resumes) one occurrence.
-    pub async fn open(&self, target: &DeliveryTarget, resume_cursor: Option<u64>) -> Result<Delivery, SinkError> {
+    pub async fn open(
+        &self,
+        target: &DeliveryTarget,
+        resume_cursor: Option<u64>,
+    ) -> Result<Delivery, SinkError> {
         Ok(match self {
             Sink::File(sink) => Delivery::File(sink.open(target, resume_cursor)?),
             Sink::Http(sink) => Delivery::Http(sink.open(target)),
