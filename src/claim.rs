@@ -67,10 +67,11 @@ impl StateDirs {
         Ok(dirs)
     }
 
-    /// Where a claimed file lives: its occurrence id, `--`, its original name.
+    /// Where a claimed file lives: its occurrence id, `--`, its original
+    /// name (shortened to fit a file name; the journal keeps it whole).
     pub fn processing_path(&self, occurrence_id: &str, file_name: &str) -> PathBuf {
-        self.processing
-            .join(format!("{occurrence_id}--{file_name}"))
+        let name = format!("{occurrence_id}--{file_name}");
+        self.processing.join(fit_name(&name, ""))
     }
 
     pub fn rejects_work_path(&self, occurrence_id: &str) -> PathBuf {
@@ -110,11 +111,19 @@ pub fn claim_copy(source: &Path, destination: &Path) -> Result<(), ClaimError> {
 /// absent or whole.
 fn copy_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
     let mut input = open_regular(source).map_err(io_at(source))?;
-    let temporary = destination.with_extension("claiming");
-    let mut output = File::create(&temporary).map_err(io_at(&temporary))?;
-    io::copy(&mut input, &mut output).map_err(io_at(&temporary))?;
-    output.sync_all().map_err(io_at(&temporary))?;
-    fs::rename(&temporary, destination).map_err(io_at(destination))
+    let temporary = temporary_beside(destination, "claiming");
+    let copied = File::create(&temporary)
+        .and_then(|mut output| {
+            io::copy(&mut input, &mut output)?;
+            output.sync_all()
+        })
+        .and_then(|()| fs::rename(&temporary, destination));
+    if let Err(err) = copied {
+        // A full disk must not keep a half copy: the original is still whole.
+        let _ = fs::remove_file(&temporary);
+        return Err(io_at(destination)(err));
+    }
+    Ok(())
 }
 
 /// Opens a regular file for reading, refusing symbolic links (`O_NOFOLLOW`)
@@ -176,6 +185,26 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
+/// Longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// `name` + `suffix` within [`NAME_MAX`]: a long name keeps its start and
+/// its extension.
+pub fn fit_name(name: &str, suffix: &str) -> String {
+    if name.len() + suffix.len() <= NAME_MAX {
+        return format!("{name}{suffix}");
+    }
+    let extension = match name.rfind('.') {
+        Some(dot) if name.len() - dot <= 16 => &name[dot..],
+        _ => "",
+    };
+    let mut keep = NAME_MAX - suffix.len() - extension.len() - 1;
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}~{extension}{suffix}", &name[..keep])
+}
+
 /// Where a finished file and its report go.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -188,9 +217,9 @@ pub struct Placement {
 /// the original name, or `<occurrence>--<name>` when that is taken.
 pub fn choose_placement(dir: &Path, file_name: &str, occurrence_id: &str) -> Placement {
     let placement = |name: &str| Placement {
-        file: dir.join(name),
-        report: dir.join(format!("{name}.report.json")),
-        rejects: dir.join(format!("{name}.rejects.csv")),
+        file: dir.join(fit_name(name, "")),
+        report: dir.join(fit_name(name, ".report.json")),
+        rejects: dir.join(fit_name(name, ".rejects.csv")),
     };
     let plain = placement(file_name);
     if plain.file.exists() || plain.report.exists() {
@@ -200,9 +229,19 @@ pub fn choose_placement(dir: &Path, file_name: &str, occurrence_id: &str) -> Pla
     }
 }
 
+/// A short unique name in the same folder (so the final rename is atomic),
+/// whatever the length of the final name.
+fn temporary_beside(path: &Path, suffix: &str) -> PathBuf {
+    let name = format!("{}.{suffix}", uuid::Uuid::new_v4().simple());
+    match path.parent() {
+        Some(parent) => parent.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
 /// Writes a small file durably: temporary name, fsync, rename, fsync folder.
 pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
-    let temporary = path.with_extension("writing");
+    let temporary = temporary_beside(path, "writing");
     let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
     file.write_all(content).map_err(io_at(&temporary))?;
     file.sync_all().map_err(io_at(&temporary))?;
@@ -233,6 +272,15 @@ pub fn sync_dir_of(path: &Path) -> Result<(), ClaimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_shortened_to_fit_with_their_extension() {
+        let long = format!("pr-{}.csv", "é".repeat(200));
+        let fitted = fit_name(&long, ".report.json");
+        assert!(fitted.len() <= NAME_MAX, "{}", fitted.len());
+        assert!(fitted.ends_with("~.csv.report.json"), "{fitted}");
+        assert_eq!(fit_name("a.csv", ".report.json"), "a.csv.report.json");
+    }
 
     #[test]
     fn processing_names_round_trip() {

@@ -355,8 +355,9 @@ fn claim_ready(
         if !source.exists() {
             return Claimed::Gone;
         }
-        tracing::error!(file = %name, %err, "cannot claim the file: left in the drop folder");
-        return Claimed::Left;
+        // Our side failed (full disk, permissions): try again at the next scan.
+        tracing::error!(file = %name, %err, "cannot claim the file: left in the drop folder, tried again at the next rescan");
+        return Claimed::Gone;
     }
     let recorded = ctx.journal().record_claim(
         &occurrence_id,

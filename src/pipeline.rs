@@ -300,7 +300,17 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
     .await?;
     report.deliver_ms = started.elapsed().as_millis() as u64;
     if delivered < batches_total {
-        return Ok(report);
+        if ctx.shutdown.is_cancelled() {
+            return Ok(report);
+        }
+        // Nobody may write to a claimed file; someone did, so its content is
+        // no longer what was validated and hashed.
+        report.status = Verdict::Failed;
+        report.reason = Some(format!(
+            "the file changed while it was being read (truncated or rewritten in processing/): {delivered} of {batches_total} batches found and delivered; the rest is lost from this copy, drop the original again"
+        ));
+        report.batches = delivered;
+        return finish(ctx, &occurrence, report, rejects).await;
     }
     report.batches = batches_total;
     report.status = Verdict::Archived;
@@ -717,6 +727,14 @@ async fn finish(
     mut report: Report,
     validation_rejects: Option<&Path>,
 ) -> Result<Report, PipelineError> {
+    let present = occurrence.processing_path.exists();
+    if !present {
+        report.status = Verdict::Failed;
+        report.reason = Some(
+            "the file disappeared from processing/ before it could be moved (removed by hand?)"
+                .to_string(),
+        );
+    }
     let refusals = ctx.journal().refusals(&occurrence.id)?;
     report.rows_refused = refusals.len() as u64;
     report.rows_delivered = if report.status == Verdict::Archived {
@@ -755,16 +773,18 @@ async fn finish(
     } else {
         let _ = std::fs::remove_file(&scratch);
     }
-    report.file = Some(placement.file.clone());
+    report.file = present.then(|| placement.file.clone());
     let json = serde_json::to_vec_pretty(&report).map_err(|err| PipelineError::Io {
         path: placement.report.clone(),
         source: io::Error::other(err),
     })?;
     claim::write_durably(&placement.report, &json)?;
 
-    ctx.journal()
-        .record_outcome_path(&occurrence.id, &placement.file)?;
-    claim::move_durably(&occurrence.processing_path, &placement.file)?;
+    if present {
+        ctx.journal()
+            .record_outcome_path(&occurrence.id, &placement.file)?;
+        claim::move_durably(&occurrence.processing_path, &placement.file)?;
+    }
     let status = match report.status {
         Verdict::Archived => Status::Archived,
         Verdict::Duplicate => Status::Duplicate,

@@ -90,7 +90,8 @@ fn hints_of(event: &notify::Event) -> Vec<Hint> {
             .paths
             .iter()
             .filter_map(|path| path.file_name())
-            .map(|name| name.to_string_lossy().into_owned())
+            // Names that are not UTF-8 are reported by the scan.
+            .filter_map(|name| name.to_str().map(str::to_string))
     };
     match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -101,7 +102,8 @@ fn hints_of(event: &notify::Event) -> Vec<Hint> {
             .paths
             .last()
             .and_then(|path| path.file_name())
-            .map(|name| vec![Hint::Arrived(name.to_string_lossy().into_owned())])
+            .and_then(|name| name.to_str())
+            .map(|name| vec![Hint::Arrived(name.to_string())])
             .unwrap_or_default(),
         EventKind::Create(CreateKind::File | CreateKind::Any) => {
             names().map(Hint::Created).collect()
@@ -209,7 +211,16 @@ impl Readiness {
             }
         }
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    let shown = raw.to_string_lossy().into_owned();
+                    if self.ignored.insert(shown.clone()) {
+                        tracing::error!(file = %shown, "the file name is not valid UTF-8: never opened; rename it to import it");
+                    }
+                    continue;
+                }
+            };
             if self.candidates.contains_key(&name) {
                 continue;
             }
