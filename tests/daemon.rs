@@ -39,7 +39,7 @@ default_purpose = "shop_offers"
 #[test]
 fn files_for_several_imports_are_delivered_and_archived() {
     let site = Site::new(TWO_IMPORTS);
-    let mut daemon = site.start();
+    let daemon = site.start();
     site.drop_file("pr-a.csv", proof_rows("a", 120).as_bytes());
     site.drop_file("pr-b.csv", proof_rows("b", 30).as_bytes());
     site.drop_file(
@@ -73,15 +73,13 @@ fn files_for_several_imports_are_delivered_and_archived() {
             .is_none(),
         "drop folder emptied"
     );
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
 fn a_slow_writer_is_read_once_and_complete() {
     let site = Site::new(IMPORT);
-    let mut daemon = site.start();
+    let daemon = site.start();
     let content = proof_rows("slow", 60);
     let (first, second) = content.split_at(content.len() / 2);
     let path = site.drop.join("pr-slow.csv");
@@ -105,9 +103,7 @@ fn a_slow_writer_is_read_once_and_complete() {
     );
     let events = site.outbox_events();
     assert_eq!(events.len(), 60, "the whole file, once");
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -117,15 +113,8 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     let mut daemon = site.start();
     site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
     let acknowledged = || {
-        let status = site
-            .command()
-            .args(["status", "--json", "-c"])
-            .arg(&site.config)
-            .output();
-        status
-            .ok()
-            .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
-            .and_then(|journal| journal[0]["batches_acked"].as_u64())
+        site.journal()[0]["batches_acked"]
+            .as_u64()
             .is_some_and(|acked| acked > 0)
     };
     assert!(
@@ -135,18 +124,12 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     );
     daemon.kill9();
     assert!(site.reports("archive").is_empty(), "killed before the end");
-    let status = site
-        .command()
-        .args(["status", "--json", "-c"])
-        .arg(&site.config)
-        .output()
-        .expect("status");
-    let journal: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let journal = site.journal();
     assert_eq!(journal[0]["status"], "delivering");
     let acked = journal[0]["batches_acked"].as_u64().unwrap_or(0);
     assert!(acked > 0, "some batches were acknowledged before the kill");
 
-    let mut daemon = site.start();
+    let daemon = site.start();
     assert!(
         wait_until(Duration::from_secs(120), || site.reports("archive").len()
             == 1),
@@ -158,15 +141,13 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     assert_eq!(ids(&events).len(), rows);
     assert!(site.log().contains("resuming"), "log:\n{}", site.log());
     assert!(site.files_under("processing").is_empty());
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
 fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
     let site = Site::new(IMPORT);
-    let mut daemon = site.start();
+    let daemon = site.start();
     site.drop_file("pr-once.csv", proof_rows("o", 5).as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
@@ -219,9 +200,7 @@ fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
         1,
         "logged once"
     );
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -249,7 +228,7 @@ fn sigterm_mid_file_then_restart_loses_nothing() {
         1,
         "the file waits in processing/"
     );
-    let mut daemon = site.start();
+    let daemon = site.start();
     assert!(
         wait_until(Duration::from_secs(120), || site.reports("archive").len()
             == 1),
@@ -259,9 +238,7 @@ fn sigterm_mid_file_then_restart_loses_nothing() {
     let events = site.outbox_events();
     assert_eq!(events.len(), rows);
     assert_eq!(ids(&events).len(), rows);
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]

@@ -68,13 +68,7 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
     );
     daemon.kill9();
     let at_kill = api.server.event_count();
-    let status = site
-        .command()
-        .args(["status", "--json", "-c"])
-        .arg(&site.config)
-        .output()
-        .expect("status");
-    let journal: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let journal = site.journal();
     let acked_rows = journal[0]["batches_acked"].as_u64().expect("acked") as usize * 100;
     assert!(
         acked_rows > 0 && acked_rows <= at_kill,
@@ -82,7 +76,7 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
     );
     api.server.set_delay(Duration::ZERO);
 
-    let mut daemon = site.start();
+    let daemon = site.start();
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
         "log:\n{}",
@@ -96,9 +90,7 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
         at_kill - acked_rows
     );
     eprintln!("kill -9: {at_kill} events at the server, {acked_rows} recorded, {resent} re-sent");
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -116,7 +108,7 @@ fn an_api_in_trouble_gets_every_event_exactly_once() {
     api.server.set_fail_ratio(0.3);
     api.server.set_429_burst(5, 1);
     api.server.drop_connections(3);
-    let mut daemon = site.start();
+    let daemon = site.start();
     site.drop_file("pr-chaos.csv", proof_rows("c", 5_000).as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
@@ -125,9 +117,7 @@ fn an_api_in_trouble_gets_every_event_exactly_once() {
     );
     assert_eq!(api.server.event_count(), 5_000);
     assert!(site.files_under("failed").is_empty());
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -149,7 +139,7 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
             &format!("\nr{i}+refuse@example.com"),
         );
     }
-    let mut daemon = site.start();
+    let daemon = site.start();
     site.drop_file("pr-refused.csv", content.as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
@@ -172,9 +162,7 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
         rejects.contains("organization_user_id is refused"),
         "the API's message is kept: {rejects}"
     );
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -254,7 +242,7 @@ fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
             "",
         ),
     );
-    let mut daemon = site.start();
+    let daemon = site.start();
     site.drop_file("pr-t1.csv", proof_rows("t", 300).as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
@@ -274,9 +262,7 @@ fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
         api.server.sessions_opened() >= 2,
         "a new session for the second file"
     );
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -302,7 +288,7 @@ fn a_ready_token_is_used_and_never_logged() {
             "disable_integrations = true\ndefault_purpose",
         );
     std::fs::write(&site.config, config).expect("config");
-    let mut daemon = site.start_with_env(&[("CD_TEST_TOKEN", token), ("RUST_LOG", "debug")]);
+    let daemon = site.start_with_env(&[("CD_TEST_TOKEN", token), ("RUST_LOG", "debug")]);
     site.drop_file("pr-token.csv", proof_rows("s", 20).as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
@@ -317,9 +303,7 @@ fn a_ready_token_is_used_and_never_logged() {
         .user_agents()
         .iter()
         .all(|ua| ua.starts_with("consent-drop/")));
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    daemon.stop_cleanly();
     assert!(
         !site.log().contains(token),
         "the token never appears in the log"

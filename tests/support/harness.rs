@@ -96,6 +96,17 @@ impl Site {
         Daemon { child, log }
     }
 
+    /// The journal's recent occurrences, as `status --json` prints them.
+    pub fn journal(&self) -> serde_json::Value {
+        let output = self
+            .command()
+            .args(["status", "--json", "-c"])
+            .arg(&self.config)
+            .output()
+            .expect("status");
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
@@ -191,6 +202,17 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+}
+
+impl Daemon {
+    /// SIGTERM, and the daemon must exit cleanly well inside a stop timeout.
+    pub fn stop_cleanly(mut self) {
+        let status = self.terminate(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "clean exit: {status:?}"
+        );
     }
 }
 
