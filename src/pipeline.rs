@@ -489,7 +489,7 @@ fn validate(
             Ok(Some(Record::Row(_))) => counts.accepted += 1,
             Ok(Some(Record::Reject(reject))) => {
                 counts.rejected += 1;
-                let raw = decode_lossy(reject.raw, encoding);
+                let raw = encoding.decode_lossy(reject.raw);
                 rejects
                     .write(reject.line, &reject.reason.to_string(), &raw)
                     .map_err(ValidateError::State)?;
@@ -499,16 +499,6 @@ fn validate(
     }
     rejects.finish().map_err(ValidateError::State)?;
     Ok(counts)
-}
-
-/// The original line as text for the rejects file, whatever its bytes.
-fn decode_lossy(raw: &[u8], encoding: crate::parse::ResolvedEncoding) -> String {
-    use crate::parse::ResolvedEncoding;
-    match encoding {
-        ResolvedEncoding::Utf8 => String::from_utf8_lossy(raw).into_owned(),
-        ResolvedEncoding::Windows1252 => encoding_rs::WINDOWS_1252.decode(raw).0.into_owned(),
-        ResolvedEncoding::Iso8859_1 => raw.iter().map(|&byte| byte as char).collect(),
-    }
 }
 
 /// `line,reason,original_line`, UTF-8 CSV.

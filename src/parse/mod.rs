@@ -90,6 +90,18 @@ pub enum ResolvedEncoding {
     Iso8859_1,
 }
 
+impl ResolvedEncoding {
+    /// Any bytes as text (invalid sequences become U+FFFD): for showing an
+    /// original line, e.g. in a rejects file.
+    pub fn decode_lossy(self, raw: &[u8]) -> std::borrow::Cow<'_, str> {
+        match self {
+            ResolvedEncoding::Utf8 => String::from_utf8_lossy(raw),
+            ResolvedEncoding::Windows1252 => encoding_rs::WINDOWS_1252.decode(raw).0,
+            ResolvedEncoding::Iso8859_1 => raw.iter().map(|&byte| byte as char).collect(),
+        }
+    }
+}
+
 /// Whether the first row is a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderMode {
