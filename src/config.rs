@@ -108,6 +108,9 @@ struct RawSink {
     allow_insecure_http: bool,
     /// http sink: an upper bound on requests per second, all files together.
     max_requests_per_second: Option<f64>,
+    /// http sink: send request bodies gzip-compressed (`Content-Encoding: gzip`).
+    #[serde(default)]
+    gzip: bool,
     /// http sink: the first retry delay, in milliseconds (doubles up to `retry_max_ms`).
     #[serde(default = "default_retry_initial_ms")]
     retry_initial_ms: u64,
@@ -287,6 +290,7 @@ pub struct HttpSinkSettings {
     pub timeout: Duration,
     pub allow_insecure_http: bool,
     pub max_requests_per_second: Option<f64>,
+    pub gzip: bool,
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub auth_retry: Duration,
@@ -522,7 +526,7 @@ fn check_sink(
             ),
         ));
     }
-    let http_only: [(&str, bool); 8] = [
+    let http_only: [(&str, bool); 9] = [
         ("base_url", raw.base_url.is_some()),
         ("organization_id", raw.organization_id.is_some()),
         ("api_key", raw.api_key.is_some()),
@@ -534,6 +538,7 @@ fn check_sink(
             "max_requests_per_second",
             raw.max_requests_per_second.is_some(),
         ),
+        ("gzip", raw.gzip),
     ];
     match raw.kind.as_str() {
         "file" => {
@@ -608,6 +613,7 @@ fn check_sink(
                 timeout: Duration::from_secs(raw.timeout_s),
                 allow_insecure_http: raw.allow_insecure_http,
                 max_requests_per_second: raw.max_requests_per_second,
+                gzip: raw.gzip,
                 retry_initial: Duration::from_millis(raw.retry_initial_ms),
                 retry_max: Duration::from_millis(raw.retry_max_ms),
                 auth_retry: Duration::from_secs(raw.auth_retry_s),
@@ -998,6 +1004,24 @@ default_purpose = "email_global"
         assert_eq!(parse(&text).expect_err("http").key, "sink.base_url");
         let text = text.replace("token_env", "allow_insecure_http = true\ntoken_env");
         assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn gzip_is_off_unless_asked_and_only_for_http() {
+        let http = MINIMAL.replace(
+            "kind = \"file\"\ndir = \"out\"",
+            "kind = \"http\"\nbase_url = \"https://api.test\"\norganization_id = \"o\"\ntoken_env = \"T\"",
+        );
+        let gzip_of = |text: &str| match parse(text).expect("valid").sink {
+            SinkSettings::Http(http) => http.gzip,
+            other => panic!("not http: {other:?}"),
+        };
+        assert!(!gzip_of(&http));
+        assert!(gzip_of(
+            &http.replace("token_env", "gzip = true\ntoken_env")
+        ));
+        let file = MINIMAL.replace("dir = \"out\"", "dir = \"out\"\ngzip = true");
+        assert_eq!(parse(&file).expect_err("file sink").key, "sink.gzip");
     }
 
     #[test]

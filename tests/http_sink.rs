@@ -108,6 +108,7 @@ fn settings(base_url: &str, credentials: Credentials) -> HttpSinkSettings {
         timeout: Duration::from_secs(5),
         allow_insecure_http: true,
         max_requests_per_second: None,
+        gzip: false,
         retry_initial: Duration::from_millis(10),
         retry_max: Duration::from_millis(200),
         auth_retry: Duration::from_secs(1),
@@ -259,6 +260,51 @@ async fn acks_come_in_order_with_the_right_request() {
         "{:?}",
         server.user_agents().first()
     );
+    assert!(
+        server.content_encodings().iter().all(String::is_empty),
+        "bodies are compressed only when the config asks: {:?}",
+        server.content_encodings().first()
+    );
+}
+
+#[tokio::test]
+async fn gzip_bodies_when_the_config_asks() {
+    let server = ApiServer::start(options()).await;
+    let secrets = Secrets::new();
+    let shutdown = CancellationToken::new();
+    let mut gzip = settings(
+        &server.base_url(),
+        api_key(&secrets.write("secret", "test-secret")),
+    );
+    gzip.gzip = true;
+    let sink = sink(gzip, &shutdown);
+    let mut delivery = open(&sink, "gzip").await;
+    let mut sent = batches("gzip", 3, 100);
+    // A refused event makes the sink split a gzipped batch too.
+    sent.push(batch_with("gzip", 3, 100, |line| {
+        if line == 340 {
+            format!("user{line}+refuse@example.com")
+        } else {
+            format!("user{line}@example.com")
+        }
+    }));
+
+    let acks = deliver(&server, &mut delivery, sent).await;
+
+    assert_eq!(acks.len(), 4);
+    let refused: Vec<u64> = acks
+        .iter()
+        .flat_map(|a| a.refused.iter().map(|r| r.line))
+        .collect();
+    assert_eq!(refused, [340]);
+    assert_eq!(server.event_count(), 399);
+    assert_eq!(server.duplicates(), 0);
+    let encodings = server.content_encodings();
+    assert!(
+        encodings.len() > 4,
+        "the refused batch was split: {encodings:?}"
+    );
+    assert!(encodings.iter().all(|e| e == "gzip"), "{encodings:?}");
 }
 
 #[tokio::test]

@@ -24,10 +24,13 @@ mod session;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -466,6 +469,37 @@ fn request_body(batch: &Batch, start: usize, end: usize) -> Vec<u8> {
     body
 }
 
+/// A request body as it goes on the wire.
+struct Payload {
+    bytes: Vec<u8>,
+    gzipped: bool,
+}
+
+/// The JSON body, gzip-compressed when the config asks for it. The fastest
+/// level: JSON events still shrink several-fold, and the CPU is better spent
+/// reading the next rows.
+fn payload(json: Vec<u8>, gzip: bool) -> Payload {
+    if !gzip {
+        return Payload {
+            bytes: json,
+            gzipped: false,
+        };
+    }
+    let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
+    match encoder.write_all(&json).and_then(|()| encoder.finish()) {
+        Ok(bytes) => Payload {
+            bytes,
+            gzipped: true,
+        },
+        // Compressing into memory does not fail; if it ever did, the plain
+        // body is still a correct request.
+        Err(_) => Payload {
+            bytes: json,
+            gzipped: false,
+        },
+    }
+}
+
 /// What to do after one attempt.
 enum Step {
     Done(Outcome),
@@ -494,7 +528,7 @@ async fn deliver_group(
     end: usize,
     cancel: &CancellationToken,
 ) -> Result<Outcome, SinkError> {
-    let body = request_body(batch, start, end);
+    let body = payload(request_body(batch, start, end), shared.settings.gzip);
     let part = if start == 0 && end == batch.len() {
         String::new()
     } else {
@@ -564,7 +598,7 @@ fn log_retry(target: &Target, seq: u64, part: &str, attempt: u32, reason: &str, 
 async fn attempt(
     shared: &Shared,
     target: &Target,
-    body: &[u8],
+    body: &Payload,
     auth_retried: bool,
     cancel: &CancellationToken,
 ) -> Result<Step, SinkError> {
@@ -682,7 +716,7 @@ enum Answer {
     },
 }
 
-async fn post(shared: &Shared, target: &Target, body: &[u8], token: &str) -> Answer {
+async fn post(shared: &Shared, target: &Target, body: &Payload, token: &str) -> Answer {
     let started = std::time::Instant::now();
     crate::metrics::global().batches_sent.inc();
     let answer = post_once(shared, target, body, token).await;
@@ -690,15 +724,16 @@ async fn post(shared: &Shared, target: &Target, body: &[u8], token: &str) -> Ans
     answer
 }
 
-async fn post_once(shared: &Shared, target: &Target, body: &[u8], token: &str) -> Answer {
-    let sent = shared
+async fn post_once(shared: &Shared, target: &Target, body: &Payload, token: &str) -> Answer {
+    let mut request = shared
         .client
         .post(target.url.clone())
         .bearer_auth(token)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body.to_vec())
-        .send()
-        .await;
+        .header(CONTENT_TYPE, "application/json");
+    if body.gzipped {
+        request = request.header(CONTENT_ENCODING, "gzip");
+    }
+    let sent = request.body(body.bytes.clone()).send().await;
     let response = match sent {
         Ok(response) => response,
         Err(err) => {
@@ -856,6 +891,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             allow_insecure_http: false,
             max_requests_per_second: None,
+            gzip: false,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             auth_retry: Duration::from_secs(60),
@@ -935,6 +971,27 @@ mod tests {
             br#"[{"id":1},{"id":2},{"id":3}]"#
         );
         assert_eq!(request_body(&batch, 1, 2), br#"[{"id":2}]"#);
+    }
+
+    #[test]
+    fn gzip_bodies_decompress_to_the_same_json() {
+        use std::io::Read;
+        let json = br#"[{"id":1},{"id":2}]"#.repeat(50);
+        let plain = payload(json.clone(), false);
+        assert!(!plain.gzipped);
+        assert_eq!(plain.bytes, json);
+        let gzipped = payload(json.clone(), true);
+        assert!(gzipped.gzipped);
+        assert!(
+            gzipped.bytes.len() < json.len() / 4,
+            "{}",
+            gzipped.bytes.len()
+        );
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(gzipped.bytes.as_slice())
+            .read_to_end(&mut decoded)
+            .expect("valid gzip");
+        assert_eq!(decoded, json);
     }
 
     #[test]

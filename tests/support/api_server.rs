@@ -3,7 +3,8 @@
 //! It does what the real API does with what consent-drop sends, and nothing
 //! more: `POST /sessions` trades an API key and secret for a JWT-shaped access
 //! token with an `exp`; `POST /consents/events?organization_id=…` checks the
-//! bearer token, validates the events (a JSON array of 1..=100, each with a
+//! bearer token, takes the body as it is or gunzipped (`Content-Encoding:
+//! gzip`), validates the events (a JSON array of 1..=100, each with a
 //! UUID `id`, an RFC 3339 `created_at`, `user.organization_user_id`,
 //! `consents.purposes` and `metadata`), stores each id once, and answers
 //! `{"imported": n}`. A request with any invalid or refused event is answered
@@ -101,6 +102,8 @@ struct Inner {
     session_attempts: u64,
     queries: Vec<String>,
     user_agents: Vec<String>,
+    /// The `Content-Encoding` of each events request, `""` when absent.
+    content_encodings: Vec<String>,
     fail_ratio: f64,
     rng: u64,
     burst_429: u64,
@@ -230,6 +233,11 @@ impl ApiServer {
     /// `User-Agent` headers of the event POSTs, in order.
     pub fn user_agents(&self) -> Vec<String> {
         self.state.lock().user_agents.clone()
+    }
+
+    /// The `Content-Encoding` header of every events request, `""` when absent.
+    pub fn content_encodings(&self) -> Vec<String> {
+        self.state.lock().content_encodings.clone()
     }
 
     /// Every access token `/sessions` has issued, revoked ones too.
@@ -416,6 +424,12 @@ async fn post_events(
             .unwrap_or("")
             .to_string();
         inner.user_agents.push(agent);
+        let encoding = headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        inner.content_encodings.push(encoding);
         if inner.drop_connections > 0 {
             inner.drop_connections -= 1;
             return dropped_connection();
@@ -480,11 +494,18 @@ async fn post_events(
         );
     }
 
+    let marker = inner.refuse_marker.clone();
+    // Decoding and validating take most of a request's time: outside the
+    // lock, so concurrent requests use every core, as a real API would.
+    drop(inner);
+    let body = match decode(&headers, body) {
+        Ok(body) => body,
+        Err((status, message)) => return error(status, message),
+    };
     let events = match validate(&body) {
         Ok(events) => events,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let marker = inner.refuse_marker.clone();
     let refused: Vec<String> = events
         .iter()
         .enumerate()
@@ -505,6 +526,7 @@ async fn post_events(
         return error(StatusCode::UNPROCESSABLE_ENTITY, refused.join("; "));
     }
     let count = events.len();
+    let mut inner = state.lock();
     for event in events {
         let id = event
             .get("id")
@@ -518,6 +540,36 @@ async fn post_events(
         }
     }
     answer(StatusCode::OK, json!({ "imported": count }))
+}
+
+/// The body as JSON bytes: as sent, or gunzipped for `Content-Encoding: gzip`.
+fn decode(headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(body),
+        "gzip" => {
+            use std::io::Read;
+            let mut json = Vec::new();
+            flate2::read::GzDecoder::new(body.as_ref())
+                .read_to_end(&mut json)
+                .map_err(|err| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("body is not valid gzip: {err}"),
+                    )
+                })?;
+            Ok(Bytes::from(json))
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {other:?} is not supported (gzip or none)"),
+        )),
+    }
 }
 
 /// `a=b&c=d` with percent-decoding (`+` is a space).
