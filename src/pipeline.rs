@@ -9,6 +9,7 @@
 //! file end in `failed/`; errors of our own state (full disk, journal) leave
 //! the file where it is, to be tried again.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -175,7 +176,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             Err(err) => {
                 report.status = Verdict::Failed;
                 report.reason = Some(format!("cannot read the file: {err}"));
-                return finish(ctx, &occurrence, report, None).await;
+                return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
             }
         }
     };
@@ -194,7 +195,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
                 "same content (SHA-256) as occurrence {earlier}: not sent again"
             ));
             report.duplicate_of = Some(earlier);
-            return finish(ctx, &occurrence, report, None).await;
+            return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
         }
     }
 
@@ -214,7 +215,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
         Err(ValidateError::Proof(err)) => {
             report.status = Verdict::Failed;
             report.reason = Some(format!("cannot read the file: {err}"));
-            return finish(ctx, &occurrence, report, None).await;
+            return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
         }
         Err(ValidateError::State(err)) => return Err(err),
     };
@@ -240,7 +241,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             ratio * 100.0,
             work.import.max_reject_ratio
         ));
-        return finish(ctx, &occurrence, report, rejects).await;
+        return finish(ctx, &occurrence, report, rejects, &HashMap::new()).await;
     }
 
     // Delivery pass.
@@ -310,11 +311,70 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             "the file changed while it was being read (truncated or rewritten in processing/): {delivered} of {batches_total} batches found and delivered; the rest is lost from this copy, drop the original again"
         ));
         report.batches = delivered;
-        return finish(ctx, &occurrence, report, rejects).await;
+        return finish_delivered(ctx, work, &occurrence, &fingerprint, report, rejects).await;
     }
     report.batches = batches_total;
     report.status = Verdict::Archived;
-    finish(ctx, &occurrence, report, rejects).await
+    finish_delivered(ctx, work, &occurrence, &fingerprint, report, rejects).await
+}
+
+/// [`finish`] after a delivery: rows the receiver refused get their original
+/// line in the rejects file, read again from the claimed file (the journal
+/// keeps only their line numbers).
+async fn finish_delivered(
+    ctx: &Context,
+    work: &Work,
+    occurrence: &Occurrence,
+    fingerprint: &Fingerprint,
+    report: Report,
+    validation_rejects: Option<&Path>,
+) -> Result<Report, PipelineError> {
+    let refused: HashSet<u64> = ctx
+        .journal()
+        .refusals(&occurrence.id)?
+        .iter()
+        .map(|refusal| refusal.line)
+        .collect();
+    let originals = if refused.is_empty() {
+        HashMap::new()
+    } else {
+        let import = work.import.clone();
+        let path = occurrence.processing_path.clone();
+        let fingerprint = fingerprint.clone();
+        let read = blocking(move || original_lines(&import, &path, &fingerprint, &refused)).await?;
+        read.unwrap_or_else(|err| {
+            tracing::warn!(
+                occurrence = %occurrence.id,
+                "cannot read the refused rows' original lines again: {err}; the rejects file names their line numbers only"
+            );
+            HashMap::new()
+        })
+    };
+    finish(ctx, occurrence, report, validation_rejects, &originals).await
+}
+
+/// The text of the `wanted` rows of a proof file, as the rejects file shows it.
+fn original_lines(
+    import: &Import,
+    path: &Path,
+    fingerprint: &Fingerprint,
+    wanted: &HashSet<u64>,
+) -> io::Result<HashMap<u64, String>> {
+    let file = claim::open_regular(path)?;
+    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
+    let mut reader = RowReader::new(file, &import.format, encoding);
+    let mut found = HashMap::with_capacity(wanted.len());
+    while found.len() < wanted.len() {
+        match reader.next_record() {
+            Ok(None) => break,
+            Ok(Some(Record::Row(row))) if wanted.contains(&row.line) => {
+                found.insert(row.line, encoding.decode_lossy(row.raw).into_owned());
+            }
+            Ok(Some(_)) => {}
+            Err(crate::parse::ParseError::Io(err)) => return Err(err),
+        }
+    }
+    Ok(found)
 }
 
 struct DeliveryPlan {
@@ -716,6 +776,7 @@ async fn finish(
     occurrence: &Occurrence,
     mut report: Report,
     validation_rejects: Option<&Path>,
+    original_lines: &HashMap<u64, String>,
 ) -> Result<Report, PipelineError> {
     let present = occurrence.processing_path.exists();
     if !present {
@@ -755,7 +816,8 @@ async fn finish(
         }
         let mut writer = RejectsWriter::open_append(&scratch)?;
         for refusal in &refusals {
-            writer.write(refusal.line, &refusal.message, "")?;
+            let original = original_lines.get(&refusal.line).map_or("", String::as_str);
+            writer.write(refusal.line, &refusal.message, original)?;
         }
         writer.finish()?;
         claim::move_durably(&scratch, &placement.rejects)?;

@@ -162,6 +162,21 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
         rejects.contains("organization_user_id is refused"),
         "the API's message is kept: {rejects}"
     );
+    let mut reader = csv::Reader::from_reader(rejects.as_bytes());
+    let originals: Vec<(String, String)> = reader
+        .records()
+        .map(|record| {
+            let record = record.expect("rejects CSV");
+            (record[0].to_string(), record[2].to_string())
+        })
+        .collect();
+    for (line, row) in [("9", 7), ("52", 50), ("95", 93)] {
+        assert!(
+            originals.iter().any(|(l, original)| l == line
+                && original.contains(&format!("r{row}+refuse@example.com"))),
+            "line {line} keeps its original text: {originals:?}"
+        );
+    }
     daemon.stop_cleanly();
 }
 
