@@ -1,26 +1,47 @@
 #!/usr/bin/env bash
-# Throughput and memory of `consent-drop import` to the file sink.
+# Throughput and memory of `consent-drop import`, to the file sink and to the
+# bundled test API.
 #
 #   scripts/bench.sh [ROWS...]        (default: 1000000 5000000)
 #
-# Generates a proof file with `consent-drop sample`, imports it (validation
-# pass included) and prints rows/s, MB/s and peak RSS. Needs GNU time
-# (`apt-get install time`) for the peak RSS.
+# File sink, for each ROWS: generates a proof file with `consent-drop sample`,
+# imports it (validation pass included) and prints rows/s, MB/s and peak RSS.
+#
+# HTTP, for BENCH_HTTP_ROWS rows (default 1000000; 0 skips it): one proof
+# file, imported once to the file sink for its events (NDJSON), then over
+# loopback to target/release/examples/test_server, a fresh one each run:
+#   test_server alone   examples/api_load POSTs those events, in bodies of 100
+#                       built before the clock starts, at concurrency 1, 4, 8
+#                       (the server's own limit)
+#   consent-drop        `import` to the http sink (batch_size 100) at
+#                       concurrency 1, 4, 8, timed whole
+# and prints requests/s (as counted by the server) and rows/s (one event a
+# row), with consent-drop's peak RSS; then consent-drop's requests/s at
+# concurrency 4 as a percentage of the server's best alone, and whether it is
+# within 20% of it (on small files consent-drop's start-up and validation
+# pass weigh more, so judge it on a million rows). The test server keeps every
+# event in memory (about 0.6 GB a million).
+#
+# Needs GNU time (`apt-get install time`) for the seconds and peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+http_rows="${BENCH_HTTP_ROWS:-1000000}"
+[[ "$http_rows" =~ ^[0-9]+$ ]] || { echo "BENCH_HTTP_ROWS=$http_rows: not a number of rows" >&2; exit 2; }
+[ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install time" >&2; exit 2; }
+cargo build --release --quiet --bin consent-drop --example test_server --example api_load
 bin="$PWD/target/release/consent-drop"
+server_bin="$PWD/target/release/examples/test_server"
+load_bin="$PWD/target/release/examples/api_load"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-cat > "$work/bench.toml" <<TOML
-[watch]
-dir = "$work/drop"
-[state]
-dir = "$work/state"
-[sink]
-kind = "file"
-dir = "$work/outbox"
-batch_size = 100
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2> /dev/null || true; wait "$server_pid" 2> /dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+imports() {
+  cat <<'TOML'
 [[import]]
 name = "bench"
 pattern = "^pr-.*$"
@@ -35,9 +56,21 @@ source = "bench"
 [import.subscriptions]
 "12" = "newsletter_weekly"
 TOML
+}
+
+cat > "$work/bench.toml" <<TOML
+[watch]
+dir = "$work/drop"
+[state]
+dir = "$work/state"
+[sink]
+kind = "file"
+dir = "$work/outbox"
+batch_size = 100
+$(imports)
+TOML
 mkdir -p "$work/drop"
 timer=(/usr/bin/time -f "%e %M")
-[ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install time" >&2; exit 2; }
 printf '%-10s %12s %10s %10s %12s\n' rows seconds rows/s MB/s peak_RSS_MiB
 for rows in "${@:-1000000 5000000}"; do
   for n in $rows; do
@@ -58,3 +91,101 @@ PY
     rm -f "$file"
   done
 done
+
+[ "$http_rows" -gt 0 ] || exit 0
+
+# --- HTTP: the test API alone, then consent-drop delivering to it ---------
+
+token=bench-token
+
+http_config() { # BASE_URL CONCURRENCY
+  printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s/state-http"\n[sink]\nkind = "http"\nbase_url = "%s"\norganization_id = "bench"\nallow_insecure_http = true\ntoken_env = "BENCH_TOKEN"\nbatch_size = 100\nconcurrency = %s\ntimeout_s = 30\n' "$work" "$work" "$1" "$2"
+  imports
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_server() { # sets base_url
+  local port
+  port="$(free_port)"
+  "$server_bin" --listen "127.0.0.1:$port" --static-token "$token" > "$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$work/server.log" 2> /dev/null && break
+    sleep 0.05
+  done
+  grep -q "listening on" "$work/server.log" || { cat "$work/server.log" >&2; exit 3; }
+  base_url="http://127.0.0.1:$port"
+}
+
+stop_server() { # sets served_requests, served_events, served_duplicates
+  kill -INT "$server_pid" 2> /dev/null || true
+  wait "$server_pid" 2> /dev/null || true
+  server_pid=""
+  read -r served_requests served_events served_duplicates < <(
+    awk '/^stopped:/ { print $3, $5, $7 }' "$work/server.log")
+  [ -n "${served_duplicates:-}" ] || { echo "the test server did not report its counts:" >&2; cat "$work/server.log" >&2; exit 3; }
+}
+
+# http_row RUN CONCURRENCY REQUESTS ROWS SECONDS RSS_KIB|- NOTE
+http_row() {
+  python3 - "$@" <<'PY'
+import sys
+run, c, requests, n, seconds, rss, note = sys.argv[1:8]
+s = max(float(seconds), 0.01)
+rss = "-" if rss == "-" else f"{int(rss) / 1024:.1f}"
+print(f"{run:<20} {c:>2} {int(requests):>9d} {s:9.2f} {int(requests) / s:11.1f} {int(n) / s:10.0f} {rss:>9}  {note}")
+PY
+}
+
+file="$work/pr-bench-http.csv"
+"$bin" sample -c "$work/bench.toml" --import bench --rows "$http_rows" -o "$file"
+rm -rf "$work/state" "$work/outbox"
+"$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
+events=$(cat "$work"/outbox/*.ndjson | wc -l)
+[ "$events" -eq "$http_rows" ] || { echo "expected $http_rows events from the file sink, got $events" >&2; exit 1; }
+
+echo
+echo "HTTP: $http_rows rows to the test API on loopback, batches of 100 ($(nproc) cores)"
+printf '%-20s %2s %9s %9s %11s %10s %9s  %s\n' run c requests seconds requests/s rows/s peak_MiB note
+declare -A alone_rps daemon_rps
+for c in 1 4 8; do
+  start_server
+  "$load_bin" --url "$base_url" --organization bench --token "$token" --concurrency "$c" --batch 100 \
+    "$work"/outbox/*.ndjson > "$work/load.out"
+  stop_server
+  read -r sent seconds < <(awk '{ print $2, $6 }' "$work/load.out")
+  if [ "$served_events" -ne "$http_rows" ] || [ "$served_requests" -ne "$sent" ]; then
+    echo "api_load sent $sent requests; the server counted $served_requests requests, $served_events events (expected $http_rows)" >&2
+    exit 1
+  fi
+  alone_rps[$c]=$(awk -v r="$sent" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
+  http_row "test_server alone" "$c" "$sent" "$http_rows" "$seconds" - "api_load; $served_events events stored"
+done
+for c in 1 4 8; do
+  start_server
+  http_config "$base_url" "$c" > "$work/http.toml"
+  rm -rf "$work/state-http"
+  BENCH_TOKEN="$token" "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/http.toml" "$file" > /dev/null
+  stop_server
+  read -r seconds rss_kib < "$work/time"
+  [ "$served_events" -eq "$http_rows" ] || { echo "expected $http_rows events at the test server, got $served_events" >&2; exit 1; }
+  daemon_rps[$c]=$(awk -v r="$served_requests" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
+  note="$served_events events stored"
+  [ "$served_duplicates" -eq 0 ] || note="$note, $served_duplicates duplicates"
+  http_row "consent-drop import" "$c" "$served_requests" "$http_rows" "$seconds" "$rss_kib" "$note"
+done
+rm -f "$file"
+
+best_c=1
+for c in 4 8; do
+  awk -v a="${alone_rps[$c]}" -v b="${alone_rps[$best_c]}" 'BEGIN { exit !(a > b) }' && best_c=$c
+done
+awk -v d="${daemon_rps[4]}" -v a="${alone_rps[$best_c]}" -v bc="$best_c" 'BEGIN {
+  pct = 100 * d / a
+  verdict = pct >= 80 ? "within 20%: the test server is the bottleneck" \
+                      : "NOT within 20%: consent-drop is the bottleneck"
+  printf "\nconcurrency 4: consent-drop %.1f requests/s = %.0f%% of the test server alone (best %.1f requests/s, at concurrency %d): %s\n", d, pct, a, bc, verdict
+}'

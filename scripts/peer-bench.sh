@@ -9,14 +9,11 @@
 #                                      (Miller: CSV to JSON lines, no validation;
 #                                       ragged: rows may omit the 5th column)
 #   wc -l                              (the read limit)
-#   consent-drop import -> test API    (target/release/examples/test_server on
-#                                       loopback, concurrency 1, 4 and 8)
-# and prints rows/s, MB/s and peak RSS (GNU time's %M) for each.
+# and prints rows/s, MB/s and peak RSS (GNU time's %M) for each. Delivery to
+# the test API, and the API's own limit, are in scripts/bench.sh.
 #
 # Installs GNU time (package `time`) and Miller (package `miller`) with
-# apt-get when they are missing. PEER_BENCH_HTTP_MAX_ROWS (default 2000000)
-# skips the API runs above that size: the test server keeps every event in
-# memory (about 2 GB a million).
+# apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,18 +29,11 @@ fi
 command -v mlr > /dev/null || { echo "Miller (mlr) is missing and could not be installed" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "GNU time is missing and could not be installed" >&2; exit 2; }
 
-cargo build --release --quiet --bin consent-drop --example test_server
+cargo build --release --quiet --bin consent-drop
 bin="$PWD/target/release/consent-drop"
-server_bin="$PWD/target/release/examples/test_server"
-http_max_rows="${PEER_BENCH_HTTP_MAX_ROWS:-2000000}"
 
 work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2> /dev/null || true; wait "$server_pid" 2> /dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'rm -rf "$work"' EXIT
 
 imports() {
   cat <<TOML
@@ -68,34 +58,6 @@ file_config() { # STATE_DIR OUTBOX
   imports
 }
 
-http_config() { # STATE_DIR BASE_URL CONCURRENCY
-  printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s"\n[sink]\nkind = "http"\nbase_url = "%s"\norganization_id = "bench"\nallow_insecure_http = true\ntoken_env = "PEER_BENCH_TOKEN"\nbatch_size = 100\nconcurrency = %s\ntimeout_s = 30\n' "$work" "$1" "$2" "$3"
-  imports
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-start_server() {
-  local port
-  port="$(free_port)"
-  "$server_bin" --listen "127.0.0.1:$port" --static-token peer-bench-token > "$work/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do
-    grep -q "listening on" "$work/server.log" 2> /dev/null && break
-    sleep 0.05
-  done
-  grep -q "listening on" "$work/server.log" || { cat "$work/server.log" >&2; exit 3; }
-  base_url="http://127.0.0.1:$port"
-}
-
-stop_server() {
-  kill -INT "$server_pid" 2> /dev/null || true
-  wait "$server_pid" 2> /dev/null || true
-  server_pid=""
-}
-
 # row TOOL ROWS BYTES TIMEFILE [NOTE]
 row() {
   python3 - "$@" <<'PY'
@@ -116,7 +78,9 @@ timed() { # TIMEFILE COMMAND...
 mkdir -p "$work/drop"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $("$bin" --version 2> /dev/null || echo consent-drop); $(mlr --version)"
 printf '%-32s %9s %9s %11s %9s %10s  %s\n' tool rows seconds rows/s MB/s peak_MiB note
-for n in ${*:-1000000 5000000}; do
+sizes=("$@")
+[ "${#sizes[@]}" -gt 0 ] || sizes=(1000000 5000000)
+for n in "${sizes[@]}"; do
   file_config "$work/state" "$work/outbox" > "$work/file.toml"
   file="$work/pr-bench-$n.csv"
   "$bin" sample -c "$work/file.toml" --import bench --rows "$n" -o "$file"
@@ -136,22 +100,5 @@ for n in ${*:-1000000 5000000}; do
   events=$(cat "$work"/outbox/*.ndjson | wc -l)
   row "consent-drop import -> file" "$n" "$bytes" "$work/t" "$events events, fsync'd"
   [ "$events" -eq "$n" ] || { echo "expected $n events, got $events" >&2; exit 1; }
-  rm -rf "$work/state" "$work/outbox"
-
-  if [ "$n" -le "$http_max_rows" ]; then
-    for c in 1 4 8; do
-      start_server
-      http_config "$work/state-http" "$base_url" "$c" > "$work/http.toml"
-      rm -rf "$work/state-http"
-      PEER_BENCH_TOKEN=peer-bench-token timed "$work/t" "$bin" import --quiet -c "$work/http.toml" "$file" > /dev/null
-      stop_server
-      stored=$(grep -o 'events [0-9]*' "$work/server.log" | tail -1 | awk '{print $2}')
-      row "consent-drop import -> API c=$c" "$n" "$bytes" "$work/t" "${stored:-?} events at the test API"
-      [ "${stored:-0}" -eq "$n" ] || { echo "expected $n events at the API, got ${stored:-none}" >&2; exit 1; }
-      rm -rf "$work/state-http"
-    done
-  else
-    echo "consent-drop import -> API        (skipped above PEER_BENCH_HTTP_MAX_ROWS=$http_max_rows rows)"
-  fi
-  rm -f "$file"
+  rm -rf "$work/state" "$work/outbox" "$file"
 done
