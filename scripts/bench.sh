@@ -14,7 +14,7 @@
 #                       built before the clock starts, at concurrency 1, 4, 8
 #                       (the server's own limit)
 #   consent-drop        `import` to the http sink (batch_size 100) at
-#                       concurrency 1, 4, 8, timed whole
+#                       concurrency 1, 4, 8, and 4 with gzip bodies, timed whole
 # and prints requests/s (as counted by the server) and rows/s (one event a
 # row), with consent-drop's peak RSS; then consent-drop's requests/s at
 # concurrency 4 as a percentage of the server's best alone, and whether it is
@@ -98,8 +98,8 @@ done
 
 token=bench-token
 
-http_config() { # BASE_URL CONCURRENCY
-  printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s/state-http"\n[sink]\nkind = "http"\nbase_url = "%s"\norganization_id = "bench"\nallow_insecure_http = true\ntoken_env = "BENCH_TOKEN"\nbatch_size = 100\nconcurrency = %s\ntimeout_s = 30\n' "$work" "$work" "$1" "$2"
+http_config() { # BASE_URL CONCURRENCY GZIP
+  printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s/state-http"\n[sink]\nkind = "http"\nbase_url = "%s"\norganization_id = "bench"\nallow_insecure_http = true\ntoken_env = "BENCH_TOKEN"\nbatch_size = 100\nconcurrency = %s\ntimeout_s = 30\ngzip = %s\n' "$work" "$work" "$1" "$2" "$3"
   imports
 }
 
@@ -164,16 +164,20 @@ for c in 1 4 8; do
   alone_rps[$c]=$(awk -v r="$sent" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
   http_row "test_server alone" "$c" "$sent" "$http_rows" "$seconds" - "api_load; $served_events events stored"
 done
-for c in 1 4 8; do
+for run in 1 4 8 4-gzip; do
+  c="${run%-gzip}"
+  gzip=false
+  [ "$run" = "$c" ] || gzip=true
   start_server
-  http_config "$base_url" "$c" > "$work/http.toml"
+  http_config "$base_url" "$c" "$gzip" > "$work/http.toml"
   rm -rf "$work/state-http"
   BENCH_TOKEN="$token" "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/http.toml" "$file" > /dev/null
   stop_server
   read -r seconds rss_kib < "$work/time"
   [ "$served_events" -eq "$http_rows" ] || { echo "expected $http_rows events at the test server, got $served_events" >&2; exit 1; }
-  daemon_rps[$c]=$(awk -v r="$served_requests" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
+  [ "$gzip" = true ] || daemon_rps[$c]=$(awk -v r="$served_requests" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
   note="$served_events events stored"
+  [ "$gzip" = false ] || note="$note, gzip bodies"
   [ "$served_duplicates" -eq 0 ] || note="$note, $served_duplicates duplicates"
   http_row "consent-drop import" "$c" "$served_requests" "$http_rows" "$seconds" "$rss_kib" "$note"
 done
