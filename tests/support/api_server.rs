@@ -424,17 +424,9 @@ async fn post_events(
         let mut inner = state.lock();
         inner.requests += 1;
         inner.queries.push(query.clone());
-        let agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let agent = header_text(&headers, header::USER_AGENT).to_string();
         inner.user_agents.push(agent);
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let encoding = header_text(&headers, header::CONTENT_ENCODING).to_string();
         inner.content_encodings.push(encoding);
         if inner.drop_connections > 0 {
             inner.drop_connections -= 1;
@@ -453,10 +445,8 @@ async fn post_events(
             "this key may not write consent events",
         );
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = header_text(&headers, header::AUTHORIZATION)
+        .strip_prefix("Bearer ")
         .unwrap_or("");
     let known = inner.static_tokens.contains(token)
         || inner.issued.get(token).is_some_and(|exp| unix_now() < *exp);
@@ -489,10 +479,7 @@ async fn post_events(
             );
         }
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = header_text(&headers, header::CONTENT_TYPE);
     if !content_type.starts_with("application/json") {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -550,12 +537,17 @@ async fn post_events(
     answer(StatusCode::OK, json!({ "imported": count }))
 }
 
+/// A header's text; `""` when absent or not visible ASCII.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+}
+
 /// The body as JSON bytes: as sent, or gunzipped for `Content-Encoding: gzip`.
 fn decode(headers: &HeaderMap, body: Bytes) -> Result<Bytes, (StatusCode, String)> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
+    let encoding = header_text(headers, header::CONTENT_ENCODING)
         .trim()
         .to_ascii_lowercase();
     match encoding.as_str() {
