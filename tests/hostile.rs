@@ -27,41 +27,11 @@ use std::time::Duration;
 use consent_drop::config::{parse_config, Import};
 use consent_drop::event::EventWriter;
 use consent_drop::parse::{Record, ResolvedEncoding, RowReader};
-use harness::{proof_rows, wait_until, Daemon, Site, IMPORT};
+use harness::{env_number, proof_rows, wait_until, Daemon, Site, XorShift, IMPORT};
 use proptest::prelude::*;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64*: deterministic bytes for a seed, no `rand` crate.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            let bytes = self.next().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
 
 /// Peak resident set size of a process, in KiB (VmHWM).
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -70,21 +40,6 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn status_json(site: &Site) -> Value {
-    let output = site
-        .command()
-        .args(["status", "--json", "--limit", "100", "-c"])
-        .arg(&site.config)
-        .output()
-        .expect("status");
-    assert!(
-        output.status.success(),
-        "status --json fails: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("status --json is JSON")
 }
 
 fn finished_reports(site: &Site) -> usize {
@@ -398,16 +353,12 @@ fn outbox_size(site: &Site) -> u64 {
 
 /// Every occurrence in the journal has reached a final status.
 fn journal_is_settled(site: &Site) -> bool {
-    status_json(site)
-        .as_array()
-        .expect("array")
-        .iter()
-        .all(|o| {
-            matches!(
-                o["status"].as_str(),
-                Some("archived" | "failed" | "duplicate")
-            )
-        })
+    site.status(100).iter().all(|o| {
+        matches!(
+            o["status"].as_str(),
+            Some("archived" | "failed" | "duplicate")
+        )
+    })
 }
 
 fn no_event_twice(site: &Site) {
@@ -436,7 +387,7 @@ fn a_file_truncated_right_after_its_claim_ends_archived_or_failed() {
     assert!(
         wait_until(LONG, || journal_is_settled(&site)),
         "{}",
-        status_json(&site)
+        Value::Array(site.status(100))
     );
     let delivered = report["rows_delivered"].as_u64().unwrap_or(0) as usize;
     assert!(delivered < rows, "{report}");
@@ -471,7 +422,7 @@ fn regression_a_file_truncated_during_delivery_does_not_stay_in_processing() {
     assert!(
         wait_until(LONG, || journal_is_settled(&site)),
         "{}",
-        status_json(&site)
+        Value::Array(site.status(100))
     );
     no_event_twice(&site);
     good_file_is_still_served(&site, "g6");
@@ -504,7 +455,7 @@ fn regression_a_file_deleted_while_being_read_ends_failed_and_the_journal_settle
     assert!(
         wait_until(Duration::from_secs(30), || journal_is_settled(&site)),
         "the occurrence of a vanished file is settled (failed), not retried forever: {}\nlog:\n{}",
-        status_json(&site),
+        Value::Array(site.status(100)),
         site.log()
     );
     no_event_twice(&site);
@@ -529,7 +480,7 @@ fn a_name_with_a_newline_is_imported_and_reported() {
     let events = site.outbox_events();
     assert!(events.iter().all(|e| e["metadata"]["source_file"] == name));
     // The journal and its listing survive the name.
-    let journal = status_json(&site);
+    let journal = site.status(100);
     assert_eq!(journal[0]["file_name"], name);
     let listing = site
         .command()

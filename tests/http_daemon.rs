@@ -8,51 +8,19 @@ mod harness;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use api_server::{ApiServer, ServerOptions};
-use harness::{proof_rows, wait_until, Site, IMPORT};
+use api_server::{BackgroundApi, ServerOptions};
+use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT};
 
 const LONG: Duration = Duration::from_secs(90);
 
-struct Api {
-    server: ApiServer,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn api(options: ServerOptions) -> Api {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(ApiServer::start(options));
-    Api {
-        server,
-        _runtime: runtime,
-    }
-}
-
-fn http_sink(api: &ApiServer, credentials: &str, extra: &str) -> String {
-    format!(
-        "kind = \"http\"\nbase_url = \"{}\"\norganization_id = \"org-1\"\nallow_insecure_http = true\n\
-         retry_initial_ms = 20\nretry_max_ms = 300\nauth_retry_s = 1\ntimeout_s = 5\n{credentials}\n{extra}",
-        api.base_url()
-    )
-}
-
-fn api_key_credentials(site_root: &std::path::Path, secret: &str) -> String {
-    let secret_file = site_root.join("secret");
-    std::fs::write(&secret_file, secret).expect("secret");
-    format!("api_key = \"test-key\"\nsecret_file = {:?}", secret_file)
-}
-
 #[test]
 fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
-    let api = api(ServerOptions::default());
+    let api = BackgroundApi::start(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
     let site = Site::with_sink(
         IMPORT,
         &http_sink(
-            &api.server,
+            &api.server.base_url(),
             &api_key_credentials(root.path(), "test-secret"),
             "concurrency = 4",
         ),
@@ -95,12 +63,12 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
 
 #[test]
 fn an_api_in_trouble_gets_every_event_exactly_once() {
-    let api = api(ServerOptions::default());
+    let api = BackgroundApi::start(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
     let site = Site::with_sink(
         IMPORT,
         &http_sink(
-            &api.server,
+            &api.server.base_url(),
             &api_key_credentials(root.path(), "test-secret"),
             "concurrency = 4",
         ),
@@ -122,12 +90,12 @@ fn an_api_in_trouble_gets_every_event_exactly_once() {
 
 #[test]
 fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
-    let api = api(ServerOptions::default());
+    let api = BackgroundApi::start(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
     let site = Site::with_sink(
         IMPORT,
         &http_sink(
-            &api.server,
+            &api.server.base_url(),
             &api_key_credentials(root.path(), "test-secret"),
             "",
         ),
@@ -182,12 +150,16 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
 
 #[test]
 fn wrong_secret_waits_then_sighup_with_the_fixed_secret_delivers() {
-    let api = api(ServerOptions::default());
+    let api = BackgroundApi::start(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");
     let wrong = "wrong-secret-4f1a9";
     let site = Site::with_sink(
         IMPORT,
-        &http_sink(&api.server, &api_key_credentials(root.path(), wrong), ""),
+        &http_sink(
+            &api.server.base_url(),
+            &api_key_credentials(root.path(), wrong),
+            "",
+        ),
     );
     let daemon = site.start();
     site.drop_file("pr-auth.csv", proof_rows("a", 50).as_bytes());
@@ -244,7 +216,7 @@ fn wrong_secret_waits_then_sighup_with_the_fixed_secret_delivers() {
 
 #[test]
 fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
-    let api = api(ServerOptions {
+    let api = BackgroundApi::start(ServerOptions {
         token_lifetime_s: 2,
         ..ServerOptions::default()
     });
@@ -252,7 +224,7 @@ fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
     let site = Site::with_sink(
         IMPORT,
         &http_sink(
-            &api.server,
+            &api.server.base_url(),
             &api_key_credentials(root.path(), "test-secret"),
             "",
         ),
@@ -283,18 +255,13 @@ fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
 #[test]
 fn a_ready_token_is_used_and_never_logged() {
     let token = "static-token-9d3c2b1a";
-    let api = api(ServerOptions {
+    let api = BackgroundApi::start(ServerOptions {
         static_tokens: vec![token.into()],
         ..ServerOptions::default()
     });
     let site = Site::with_sink(
         IMPORT,
-        &http_sink(
-            &api.server,
-            "token_env = \"CD_TEST_TOKEN\"",
-            "disable_integrations_unused = 0",
-        )
-        .replace("disable_integrations_unused = 0", ""),
+        &http_sink(&api.server.base_url(), "token_env = \"CD_TEST_TOKEN\"", ""),
     );
     let config = std::fs::read_to_string(&site.config)
         .expect("config")

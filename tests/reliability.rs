@@ -30,96 +30,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_server::{ApiServer, ServerOptions};
-use harness::{proof_rows, wait_until, Daemon, Site, IMPORT};
-use serde_json::Value;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| {
-            let v = v.trim();
-            match v.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => v.parse().ok(),
-            }
-        })
-        .unwrap_or(default)
-}
-
-/// xorshift64*: a seeded PRNG, no `rand` crate.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
-
-struct Api {
-    server: ApiServer,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn api() -> Api {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(ApiServer::start(ServerOptions::default()));
-    Api {
-        server,
-        _runtime: runtime,
-    }
-}
+use api_server::{ApiServer, BackgroundApi, ServerOptions};
+use harness::{
+    api_key_credentials, env_number, http_sink, proof_rows, wait_until, Daemon, Site, XorShift,
+    IMPORT,
+};
 
 /// A site whose sink is the test API, with an API key and a secret file.
 fn http_site(api: &ApiServer, concurrency: usize) -> Site {
-    let sink = format!(
-        "kind = \"http\"\nbase_url = \"{}\"\norganization_id = \"org-1\"\nallow_insecure_http = true\n\
-         retry_initial_ms = 20\nretry_max_ms = 300\nauth_retry_s = 1\ntimeout_s = 5\n\
-         api_key = \"test-key\"\nsecret_file = \"SECRET\"\nconcurrency = {concurrency}",
-        api.base_url()
+    // The secret goes into the site's own folder, which exists only once the
+    // site does: a placeholder first, then the real lines.
+    const PLACEHOLDER: &str = "# credentials";
+    let sink = http_sink(
+        &api.base_url(),
+        PLACEHOLDER,
+        &format!("concurrency = {concurrency}"),
     );
     let site = Site::with_sink(IMPORT, &sink);
-    let secret_file = site.path("secret");
-    std::fs::write(&secret_file, "test-secret").expect("secret");
+    let credentials = api_key_credentials(site.root.path(), "test-secret");
     let config = std::fs::read_to_string(&site.config).expect("config");
-    let config = config.replace("\"SECRET\"", &format!("{secret_file:?}"));
-    std::fs::write(&site.config, config).expect("config");
+    std::fs::write(&site.config, config.replace(PLACEHOLDER, &credentials)).expect("config");
     site
-}
-
-fn status_json(site: &Site) -> Vec<Value> {
-    let output = site
-        .command()
-        .args(["status", "--json", "--limit", "1000", "-c"])
-        .arg(&site.config)
-        .output()
-        .expect("status");
-    assert!(
-        output.status.success(),
-        "status --json fails: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    match serde_json::from_slice(&output.stdout).expect("status --json is JSON") {
-        Value::Array(list) => list,
-        other => panic!("status --json is not a list: {other}"),
-    }
 }
 
 /// SQLite's own check of the journal: no page is corrupt.
@@ -137,7 +68,7 @@ fn assert_journal_intact(site: &Site) {
 /// The journal has `file` archived with all its rows accepted and every
 /// batch acknowledged.
 fn assert_journal_archived(site: &Site, file: &str, rows: u64) {
-    let journal = status_json(site);
+    let journal = site.status(1000);
     let occurrence = journal
         .iter()
         .find(|o| o["file_name"] == file)
@@ -170,7 +101,7 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
     let seed = env_number("CRASH_SEED", 0xC0FFEE);
     let late_rows = 500;
     let concurrency = 4;
-    let api = api();
+    let api = BackgroundApi::start(ServerOptions::default());
     let site = http_site(&api.server, concurrency);
     // Slow the API so that the delivery lasts about a second per round:
     // the kills land in the validation pass, mid-delivery and at the start.
@@ -195,7 +126,7 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
         std::thread::sleep(Duration::from_millis(pause));
         daemon.kill9();
         let at_server = api.server.event_count();
-        let journal = status_json(&site);
+        let journal = site.status(1000);
         // Rows the journal records as acknowledged (the last batch may be short).
         let recorded: u64 = journal
             .iter()
@@ -293,7 +224,7 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
 #[ignore = "long: CHAOS_ROWS"]
 fn api_chaos_for_a_whole_import_delivers_everything_once() {
     let rows = env_number("CHAOS_ROWS", 10_000);
-    let api = Arc::new(api());
+    let api = Arc::new(BackgroundApi::start(ServerOptions::default()));
     let site = http_site(&api.server, 4);
     api.server.set_fail_ratio(0.3);
     let stop = Arc::new(AtomicBool::new(false));
@@ -515,7 +446,7 @@ fn full_disk_during_delivery_keeps_the_file_and_completes_when_space_returns() {
         site.log()
     );
     std::thread::sleep(Duration::from_millis(1500)); // a retry or two on a full disk
-    let journal = status_json(&site);
+    let journal = site.status(1000);
     assert_journal_intact(&site);
     eprintln!(
         "disk full: {}",
@@ -588,7 +519,7 @@ fn regression_full_disk_at_the_claim_then_space_returns_the_file_is_imported() {
         site.drop.join("pr-claim-full.csv").exists(),
         "left in the drop folder"
     );
-    let _ = status_json(&site);
+    let _ = site.status(1000);
     std::fs::remove_file(&filler).expect("space returns");
     let imported = wait_until(Duration::from_secs(30), || {
         archived(&site) == 1 && site.files_under("processing").is_empty()

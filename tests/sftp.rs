@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{proof_rows, wait_until, Site, IMPORT};
+use harness::{env_number, proof_rows, wait_until, Site, IMPORT};
 use notify::Watcher;
 use sha2::{Digest, Sha256};
 
@@ -119,16 +119,6 @@ fn tools_or_skip(test: &str) -> Option<Tools> {
             );
             None
         }
-    }
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
     }
 }
 
@@ -692,8 +682,8 @@ fn uploads_by_real_sftp_clients_are_imported_once_and_whole() {
         return;
     };
     let started = Instant::now();
-    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000);
-    let slow_rows = env_number("CONSENT_DROP_SFTP_SLOW_ROWS", 2200);
+    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000) as usize;
+    let slow_rows = env_number("CONSENT_DROP_SFTP_SLOW_ROWS", 2200) as usize;
     let rate = std::env::var("CONSENT_DROP_SFTP_RATE").unwrap_or_else(|_| "20k".to_string());
 
     let site = Site::new(IMPORT);
@@ -871,7 +861,7 @@ fn uploads_finished_by_a_plain_sftp_rename_are_imported() {
         return;
     };
     let started = Instant::now();
-    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000);
+    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000) as usize;
     let site = Site::new(IMPORT);
     let work = site.path("clients");
     fs::create_dir_all(&work).expect("work dir");
@@ -943,7 +933,7 @@ fn uploads_whose_attributes_change_after_the_upload_are_imported() {
         return;
     };
     let started = Instant::now();
-    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000);
+    let rows = env_number("CONSENT_DROP_SFTP_ROWS", 3000) as usize;
     let site = Site::new(IMPORT);
     let work = site.path("clients");
     fs::create_dir_all(&work).expect("work dir");

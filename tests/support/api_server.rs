@@ -76,6 +76,28 @@ pub struct ApiServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A server on a runtime of its own, for tests that are not async (they
+/// start the binary and wait on it). Stops when dropped.
+pub struct BackgroundApi {
+    pub server: ApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl BackgroundApi {
+    pub fn start(options: ServerOptions) -> BackgroundApi {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime.block_on(ApiServer::start(options));
+        BackgroundApi {
+            server,
+            _runtime: runtime,
+        }
+    }
+}
+
 struct Shared {
     inner: Mutex<Inner>,
 }

@@ -107,6 +107,27 @@ impl Site {
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// Up to `limit` occurrences of the journal, newest first, as `status
+    /// --json` prints them; the command must succeed.
+    pub fn status(&self, limit: usize) -> Vec<serde_json::Value> {
+        let output = self
+            .command()
+            .args(["status", "--json", "--limit", &limit.to_string(), "-c"])
+            .arg(&self.config)
+            .output()
+            .expect("status");
+        assert!(
+            output.status.success(),
+            "status --json fails: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        match serde_json::from_slice(&output.stdout).expect("status --json is JSON") {
+            serde_json::Value::Array(list) => list,
+            other => panic!("status --json is not a list: {other}"),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
@@ -223,6 +244,22 @@ impl Drop for Daemon {
     }
 }
 
+/// The body of an http `[sink]` table for a test API on loopback, with short
+/// retry delays; `credentials` and `extra` are more lines of the table.
+pub fn http_sink(base_url: &str, credentials: &str, extra: &str) -> String {
+    format!(
+        "kind = \"http\"\nbase_url = \"{base_url}\"\norganization_id = \"org-1\"\nallow_insecure_http = true\n\
+         retry_initial_ms = 20\nretry_max_ms = 300\nauth_retry_s = 1\ntimeout_s = 5\n{credentials}\n{extra}"
+    )
+}
+
+/// Writes `secret` to `dir/secret`; the sink lines for the test API's key with it.
+pub fn api_key_credentials(dir: &Path, secret: &str) -> String {
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, secret).expect("secret");
+    format!("api_key = \"test-key\"\nsecret_file = {secret_file:?}")
+}
+
 /// Polls `condition` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -250,4 +287,49 @@ pub fn proof_rows(prefix: &str, rows: usize) -> String {
         ));
     }
     text
+}
+
+/// A number from the environment (decimal, or hex with `0x`), for the knobs
+/// of the longer suites; `default` when unset. A value that is set but not a
+/// number stops the test rather than being silently ignored.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    let Ok(value) = std::env::var(name) else {
+        return default;
+    };
+    let text = value.trim();
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.unwrap_or_else(|_| panic!("{name}={value:?} is not a number"))
+}
+
+/// xorshift64*: deterministic pseudo-random numbers for a seed, no `rand` crate.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+
+    pub fn fill(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
 }
