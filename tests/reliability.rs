@@ -125,6 +125,12 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
         let pause = rng.between(50, max_pause.max(50));
         std::thread::sleep(Duration::from_millis(pause));
         daemon.kill9();
+        // What the killed daemon had in flight may still be stored: it was
+        // sent before the kill, so it counts as at the server, not re-sent.
+        assert!(
+            wait_until(Duration::from_secs(30), || api.server.in_flight() == 0),
+            "the server finishes the requests of the killed daemon"
+        );
         let at_server = api.server.event_count();
         let journal = site.status(1000);
         // Rows the journal records as acknowledged (the last batch may be short).

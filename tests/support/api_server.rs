@@ -274,6 +274,11 @@ impl ApiServer {
     }
 
     /// The most event POSTs ever handled at the same time.
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> u64 {
+        self.state.lock().in_flight
+    }
+
     pub fn max_in_flight(&self) -> u64 {
         self.state.lock().max_in_flight
     }
