@@ -17,7 +17,7 @@ use crate::claim::{self, StateDirs};
 use crate::config::{self, Config, ConfigError, Import, ImportMatch, SinkSettings};
 use crate::event::EventWriter;
 use crate::journal::{Journal, JournalError};
-use crate::parse::{Record, RowReader};
+use crate::parse::Record;
 use crate::pipeline::{self, Context, Counters, PipelineError, Verdict, Work};
 use crate::sink::{Sink, SinkError};
 
@@ -67,6 +67,14 @@ impl CommandError {
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> CommandError + '_ {
     move |source| CommandError::Io {
         path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A failed write of a command's own output (a closed pipe, a full disk).
+fn stdout_error(source: std::io::Error) -> CommandError {
+    CommandError::Io {
+        path: PathBuf::from("<stdout>"),
         source,
     }
 }
@@ -134,20 +142,19 @@ pub struct CheckOptions<'a> {
 
 pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, CommandError> {
     let config = load_config(options.config)?;
-    let write_err = |err| io_at(Path::new("<stdout>"))(err);
-    writeln!(out, "config {}: ok", config.source).map_err(write_err)?;
-    writeln!(out, "  drop folder: {}", config.watch.dir.display()).map_err(write_err)?;
-    writeln!(out, "  state folder: {}", config.state_dir.display()).map_err(write_err)?;
+    writeln!(out, "config {}: ok", config.source).map_err(stdout_error)?;
+    writeln!(out, "  drop folder: {}", config.watch.dir.display()).map_err(stdout_error)?;
+    writeln!(out, "  state folder: {}", config.state_dir.display()).map_err(stdout_error)?;
     match &config.sink {
         SinkSettings::File(file) => {
-            writeln!(out, "  sink: file → {}", file.dir.display()).map_err(write_err)?
+            writeln!(out, "  sink: file → {}", file.dir.display()).map_err(stdout_error)?
         }
         SinkSettings::Http(http) => writeln!(
             out,
             "  sink: http → {} (organization {})",
             http.base_url, http.organization_id
         )
-        .map_err(write_err)?,
+        .map_err(stdout_error)?,
     }
     for import in &config.imports {
         writeln!(
@@ -158,19 +165,18 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
             import.format.date_format.pattern(),
             import.format.timezone
         )
-        .map_err(write_err)?;
+        .map_err(stdout_error)?;
     }
     for warning in config.warnings() {
-        writeln!(out, "warning: {warning}").map_err(write_err)?;
+        writeln!(out, "warning: {warning}").map_err(stdout_error)?;
     }
     let mut folders_ok = true;
-    for remark in crate::daemon::check_folders(&config) {
+    let remarks = crate::daemon::check_folders(&config)
+        .into_iter()
+        .chain(drop_folder_names(&config));
+    for remark in remarks {
         folders_ok &= !remark.starts_with("error");
-        writeln!(out, "{remark}").map_err(write_err)?;
-    }
-    for remark in drop_folder_names(&config) {
-        folders_ok &= !remark.starts_with("error");
-        writeln!(out, "{remark}").map_err(write_err)?;
+        writeln!(out, "{remark}").map_err(stdout_error)?;
     }
     if options.online {
         let message = match &config.sink {
@@ -180,7 +186,7 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
             }
             SinkSettings::File(_) => "the file sink has no credentials to check".to_string(),
         };
-        writeln!(out, "online: {message}").map_err(write_err)?;
+        writeln!(out, "online: {message}").map_err(stdout_error)?;
     }
 
     let mut exit = if folders_ok {
@@ -205,17 +211,15 @@ fn dry_run(
     show: usize,
     out: &mut dyn Write,
 ) -> Result<Exit, CommandError> {
-    let write_err = |err| io_at(Path::new("<stdout>"))(err);
     let fingerprint = match claim::fingerprint(file) {
         Ok(fingerprint) => fingerprint,
         Err(err) => {
-            writeln!(out, "{}: cannot read: {err}", file.display()).map_err(write_err)?;
+            writeln!(out, "{}: cannot read: {err}", file.display()).map_err(stdout_error)?;
             return Ok(Exit::Failure);
         }
     };
-    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
-    let handle = claim::open_regular(file).map_err(io_at(file))?;
-    let mut reader = RowReader::new(handle, &import.format, encoding);
+    let (mut reader, encoding) =
+        pipeline::open_rows(import, file, &fingerprint).map_err(io_at(file))?;
     let mut writer = EventWriter::new(import, &file_name_of(file)?, &fingerprint.sha256);
     let (mut accepted, mut rejected) = (0u64, 0u64);
     let mut rejects = Vec::new();
@@ -238,7 +242,7 @@ fn dry_run(
                 }
             }
             Err(err) => {
-                writeln!(out, "{}: {err}", file.display()).map_err(write_err)?;
+                writeln!(out, "{}: {err}", file.display()).map_err(stdout_error)?;
                 return Ok(Exit::Failure);
             }
         }
@@ -254,26 +258,26 @@ fn dry_run(
         accepted,
         rejected
     )
-    .map_err(write_err)?;
-    if total > 0 && rejected as f64 / total as f64 > import.max_reject_ratio {
+    .map_err(stdout_error)?;
+    if pipeline::rejected_share(accepted, rejected) > import.max_reject_ratio {
         writeln!(
             out,
             "  would be QUARANTINED: more than {}% of rows rejected, nothing would be sent",
             import.max_reject_ratio * 100.0
         )
-        .map_err(write_err)?;
+        .map_err(stdout_error)?;
     }
     if !rejects.is_empty() {
-        writeln!(out, "first rejects:").map_err(write_err)?;
+        writeln!(out, "first rejects:").map_err(stdout_error)?;
         for line in &rejects {
-            writeln!(out, "{line}").map_err(write_err)?;
+            writeln!(out, "{line}").map_err(stdout_error)?;
         }
     }
     for json in events {
         let pretty = serde_json::from_slice::<serde_json::Value>(&json)
             .and_then(|value| serde_json::to_string_pretty(&value))
             .unwrap_or_else(|_| String::from_utf8_lossy(&json).into_owned());
-        writeln!(out, "{pretty}").map_err(write_err)?;
+        writeln!(out, "{pretty}").map_err(stdout_error)?;
     }
     Ok(if rejected > 0 {
         Exit::Rejected
@@ -371,7 +375,6 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         result.map_err(CommandError::from)
     })?;
 
-    let write_err = |err| io_at(Path::new("<stdout>"))(err);
     writeln!(
         out,
         "{}: {:?}, {} accepted, {} rejected, {} refused, {} delivered (occurrence {})",
@@ -383,15 +386,15 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         report.rows_delivered,
         report.occurrence_id
     )
-    .map_err(write_err)?;
+    .map_err(stdout_error)?;
     if let Some(reason) = &report.reason {
-        writeln!(out, "  {reason}").map_err(write_err)?;
+        writeln!(out, "  {reason}").map_err(stdout_error)?;
     }
     if let Some(file) = &report.file {
-        writeln!(out, "  file: {}", file.display()).map_err(write_err)?;
+        writeln!(out, "  file: {}", file.display()).map_err(stdout_error)?;
     }
     if let Some(rejects) = &report.rejects_file {
-        writeln!(out, "  rejects: {}", rejects.display()).map_err(write_err)?;
+        writeln!(out, "  rejects: {}", rejects.display()).map_err(stdout_error)?;
     }
     Ok(match report.status {
         Verdict::Archived if report.rows_rejected + report.rows_refused > 0 => Exit::Rejected,
@@ -437,17 +440,16 @@ pub fn status(
     out: &mut dyn Write,
 ) -> Result<Exit, CommandError> {
     let config = load_config(config_path)?;
-    let write_err = |err| io_at(Path::new("<stdout>"))(err);
-    if !config.state_dir.join("journal.sqlite").exists() {
+    if !config.state_dir.join(crate::journal::FILE_NAME).exists() {
         if json {
-            writeln!(out, "[]").map_err(write_err)?;
+            writeln!(out, "[]").map_err(stdout_error)?;
         } else {
             writeln!(
                 out,
                 "no import yet ({} has no journal)",
                 config.state_dir.display()
             )
-            .map_err(write_err)?;
+            .map_err(stdout_error)?;
         }
         return Ok(Exit::Success);
     }
@@ -455,8 +457,8 @@ pub fn status(
     let recent = journal.recent(limit)?;
     if json {
         let text = serde_json::to_string_pretty(&recent)
-            .map_err(|err| write_err(std::io::Error::other(err)))?;
-        writeln!(out, "{text}").map_err(write_err)?;
+            .map_err(|err| stdout_error(std::io::Error::other(err)))?;
+        writeln!(out, "{text}").map_err(stdout_error)?;
         return Ok(Exit::Success);
     }
     writeln!(
@@ -464,7 +466,7 @@ pub fn status(
         "{:<36}  {:<20}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  file",
         "occurrence", "import", "status", "accepted", "rejected", "refused", "claimed at"
     )
-    .map_err(write_err)?;
+    .map_err(stdout_error)?;
     for occurrence in recent {
         let count = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
@@ -479,7 +481,7 @@ pub fn status(
             occurrence.claimed_at,
             occurrence.file_name
         )
-        .map_err(write_err)?;
+        .map_err(stdout_error)?;
     }
     Ok(Exit::Success)
 }
@@ -504,8 +506,9 @@ pub fn sample(
                 .map_err(io_at(path))?;
             std::fs::write(path, bytes).map_err(io_at(path))?;
         }
-        None => crate::parse::sample::write_sample(&import.format, rows, out)
-            .map_err(io_at(Path::new("<stdout>")))?,
+        None => {
+            crate::parse::sample::write_sample(&import.format, rows, out).map_err(stdout_error)?
+        }
     }
     Ok(Exit::Success)
 }

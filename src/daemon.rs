@@ -223,8 +223,7 @@ pub async fn run(
                 }
                 let slots = slots - started;
                 if slots > 0 {
-                    let watch_settings = config.watch.clone();
-                    let ready = readiness.ready(now, &|name| watch_settings.is_ignored(name));
+                    let ready = readiness.ready(now, &|name| config.watch.is_ignored(name));
                     for name in ready.into_iter().take(slots) {
                         metrics::global().files_seen.inc();
                         match claim_ready(&ctx, &config, &name, &mut warned) {
@@ -352,11 +351,11 @@ fn claim_ready(
     let occurrence_id = uuid::Uuid::new_v4().to_string();
     let destination = ctx.dirs.processing_path(&occurrence_id, name);
     if let Err(err) = claim::claim_move(&source, &destination) {
-        if !source.exists() {
-            return Claimed::Gone;
+        // Forgotten for now either way: if the file is still there, our side
+        // failed (full disk, permissions) and the next rescan finds it again.
+        if source.exists() {
+            tracing::error!(file = %name, %err, "cannot claim the file: left in the drop folder, tried again at the next rescan");
         }
-        // Our side failed (full disk, permissions): try again at the next scan.
-        tracing::error!(file = %name, %err, "cannot claim the file: left in the drop folder, tried again at the next rescan");
         return Claimed::Gone;
     }
     let recorded = ctx.journal().record_claim(
@@ -387,7 +386,7 @@ fn recover(ctx: &Context, config: &Config) -> Result<Vec<Work>, DaemonError> {
     let mut known: HashSet<String> = HashSet::new();
     for occurrence in unfinished {
         known.insert(occurrence.id.clone());
-        if pipeline::settle_moved(ctx, &occurrence).map_err(pipeline_to_daemon)? {
+        if pipeline::settle_moved(ctx, &occurrence)? {
             continue;
         }
         if !occurrence.processing_path.exists() {
@@ -450,17 +449,6 @@ fn recover(ctx: &Context, config: &Config) -> Result<Vec<Work>, DaemonError> {
         });
     }
     Ok(works)
-}
-
-fn pipeline_to_daemon(err: PipelineError) -> DaemonError {
-    match err {
-        PipelineError::Journal(err) => DaemonError::Journal(err),
-        PipelineError::State(err) => DaemonError::State(err),
-        other => DaemonError::State(claim::ClaimError::Io {
-            path: PathBuf::from("processing"),
-            source: std::io::Error::other(other.to_string()),
-        }),
-    }
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {

@@ -148,10 +148,13 @@ const COLUMNS: &str = "id, import, file_name, processing_path, sha256, size, sta
      finished_at, rows_accepted, rows_rejected, rows_refused, batch_size, batches_total, \
      batches_acked, sink_cursor, output_stem, outcome_path, reason";
 
+/// The journal's file in the state folder.
+pub const FILE_NAME: &str = "journal.sqlite";
+
 impl Journal {
-    /// Opens (or creates) `journal.sqlite` in the state folder.
+    /// Opens (or creates) [`FILE_NAME`] in the state folder.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        let path = state_dir.join("journal.sqlite");
+        let path = state_dir.join(FILE_NAME);
         let fail = |source| JournalError {
             path: path.clone(),
             source,

@@ -25,7 +25,7 @@ use crate::claim::{self, ClaimError, Fingerprint, StateDirs};
 use crate::config::Import;
 use crate::event::EventWriter;
 use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
-use crate::parse::{Record, RowReader};
+use crate::parse::{Record, ResolvedEncoding, RowReader};
 use crate::sink::{Ack, Batch, DeliveryTarget, Refusal, Sink, SinkError};
 
 /// How often acknowledged progress is committed to the journal. A crash
@@ -176,7 +176,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             Err(err) => {
                 report.status = Verdict::Failed;
                 report.reason = Some(format!("cannot read the file: {err}"));
-                return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
+                return finish(ctx, &occurrence, report, None, None).await;
             }
         }
     };
@@ -195,7 +195,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
                 "same content (SHA-256) as occurrence {earlier}: not sent again"
             ));
             report.duplicate_of = Some(earlier);
-            return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
+            return finish(ctx, &occurrence, report, None, None).await;
         }
     }
 
@@ -215,7 +215,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
         Err(ValidateError::Proof(err)) => {
             report.status = Verdict::Failed;
             report.reason = Some(format!("cannot read the file: {err}"));
-            return finish(ctx, &occurrence, report, None, &HashMap::new()).await;
+            return finish(ctx, &occurrence, report, None, None).await;
         }
         Err(ValidateError::State(err)) => return Err(err),
     };
@@ -227,11 +227,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
     let rejects = (counts.rejected > 0).then_some(rejects_path.as_path());
 
     let total = counts.accepted + counts.rejected;
-    let ratio = if total == 0 {
-        0.0
-    } else {
-        counts.rejected as f64 / total as f64
-    };
+    let ratio = rejected_share(counts.accepted, counts.rejected);
     if ratio > work.import.max_reject_ratio {
         report.status = Verdict::Quarantined;
         report.reason = Some(format!(
@@ -241,7 +237,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             ratio * 100.0,
             work.import.max_reject_ratio
         ));
-        return finish(ctx, &occurrence, report, rejects, &HashMap::new()).await;
+        return finish(ctx, &occurrence, report, rejects, None).await;
     }
 
     // Delivery pass.
@@ -311,46 +307,49 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             "the file changed while it was being read (truncated or rewritten in processing/): {delivered} of {batches_total} batches found and delivered; the rest is lost from this copy, drop the original again"
         ));
         report.batches = delivered;
-        return finish_delivered(ctx, work, &occurrence, &fingerprint, report, rejects).await;
+        return finish(
+            ctx,
+            &occurrence,
+            report,
+            rejects,
+            Some((work, &fingerprint)),
+        )
+        .await;
     }
     report.batches = batches_total;
     report.status = Verdict::Archived;
-    finish_delivered(ctx, work, &occurrence, &fingerprint, report, rejects).await
+    finish(
+        ctx,
+        &occurrence,
+        report,
+        rejects,
+        Some((work, &fingerprint)),
+    )
+    .await
 }
 
-/// [`finish`] after a delivery: rows the receiver refused get their original
-/// line in the rejects file, read again from the claimed file (the journal
-/// keeps only their line numbers).
-async fn finish_delivered(
-    ctx: &Context,
-    work: &Work,
-    occurrence: &Occurrence,
-    fingerprint: &Fingerprint,
-    report: Report,
-    validation_rejects: Option<&Path>,
-) -> Result<Report, PipelineError> {
-    let refused: HashSet<u64> = ctx
-        .journal()
-        .refusals(&occurrence.id)?
-        .iter()
-        .map(|refusal| refusal.line)
-        .collect();
-    let originals = if refused.is_empty() {
-        HashMap::new()
+/// The share of a file's rows that were rejected, compared with an import's
+/// `max_reject_ratio` (above it, the file is quarantined). 0 for no rows.
+pub fn rejected_share(accepted: u64, rejected: u64) -> f64 {
+    let total = accepted + rejected;
+    if total == 0 {
+        0.0
     } else {
-        let import = work.import.clone();
-        let path = occurrence.processing_path.clone();
-        let fingerprint = fingerprint.clone();
-        let read = blocking(move || original_lines(&import, &path, &fingerprint, &refused)).await?;
-        read.unwrap_or_else(|err| {
-            tracing::warn!(
-                occurrence = %occurrence.id,
-                "cannot read the refused rows' original lines again: {err}; the rejects file names their line numbers only"
-            );
-            HashMap::new()
-        })
-    };
-    finish(ctx, occurrence, report, validation_rejects, &originals).await
+        rejected as f64 / total as f64
+    }
+}
+
+/// A proof file's rows, and the encoding they are read in. Every pass over
+/// a file (validation, delivery, a re-read) must decode it the same way, or
+/// line numbers and rows would not match between them.
+pub fn open_rows<'i>(
+    import: &'i Import,
+    path: &Path,
+    fingerprint: &Fingerprint,
+) -> io::Result<(RowReader<'i, File>, ResolvedEncoding)> {
+    let file = claim::open_regular(path)?;
+    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
+    Ok((RowReader::new(file, &import.format, encoding), encoding))
 }
 
 /// The text of the `wanted` rows of a proof file, as the rejects file shows it.
@@ -360,9 +359,7 @@ fn original_lines(
     fingerprint: &Fingerprint,
     wanted: &HashSet<u64>,
 ) -> io::Result<HashMap<u64, String>> {
-    let file = claim::open_regular(path)?;
-    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
-    let mut reader = RowReader::new(file, &import.format, encoding);
+    let (mut reader, encoding) = open_rows(import, path, fingerprint)?;
     let mut found = HashMap::with_capacity(wanted.len());
     while found.len() < wanted.len() {
         match reader.next_record() {
@@ -535,9 +532,8 @@ fn validate(
     fingerprint: &Fingerprint,
     rejects_path: &Path,
 ) -> Result<Counts, ValidateError> {
-    let file = claim::open_regular(path).map_err(ValidateError::Proof)?;
-    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
-    let mut reader = RowReader::new(file, &import.format, encoding);
+    let (mut reader, encoding) =
+        open_rows(import, path, fingerprint).map_err(ValidateError::Proof)?;
     let mut rejects = RejectsWriter::create(rejects_path).map_err(ValidateError::State)?;
     let mut counts = Counts {
         accepted: 0,
@@ -649,9 +645,7 @@ fn produce_batches(
         path: path.to_path_buf(),
         source,
     };
-    let file = claim::open_regular(path).map_err(io_error)?;
-    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
-    let mut reader = RowReader::new(file, &import.format, encoding);
+    let (mut reader, _) = open_rows(import, path, fingerprint).map_err(io_error)?;
     let skip_rows = skip_batches * batch_size;
     let (blocks, received) = std::sync::mpsc::sync_channel::<RowBlock>(4);
     std::thread::scope(|scope| {
@@ -770,13 +764,16 @@ fn output_stem(occurrence: &Occurrence, import: &str) -> String {
 }
 
 /// Writes the report (and rejects), moves the file to `archive/` or
-/// `failed/`, and records the outcome.
+/// `failed/`, and records the outcome. With `source` (the file was read and
+/// delivered), rows the receiver refused get their original line in the
+/// rejects file, read again from the claimed file: the journal keeps only
+/// their line numbers.
 async fn finish(
     ctx: &Context,
     occurrence: &Occurrence,
     mut report: Report,
     validation_rejects: Option<&Path>,
-    original_lines: &HashMap<u64, String>,
+    source: Option<(&Work, &Fingerprint)>,
 ) -> Result<Report, PipelineError> {
     let present = occurrence.processing_path.exists();
     if !present {
@@ -787,6 +784,24 @@ async fn finish(
         );
     }
     let refusals = ctx.journal().refusals(&occurrence.id)?;
+    let original_lines = match source {
+        Some((work, fingerprint)) if present && !refusals.is_empty() => {
+            let refused: HashSet<u64> = refusals.iter().map(|refusal| refusal.line).collect();
+            let import = work.import.clone();
+            let path = occurrence.processing_path.clone();
+            let fingerprint = fingerprint.clone();
+            let read =
+                blocking(move || original_lines(&import, &path, &fingerprint, &refused)).await?;
+            read.unwrap_or_else(|err| {
+                tracing::warn!(
+                    occurrence = %occurrence.id,
+                    "cannot read the refused rows' original lines again: {err}; the rejects file names their line numbers only"
+                );
+                HashMap::new()
+            })
+        }
+        _ => HashMap::new(),
+    };
     report.rows_refused = refusals.len() as u64;
     report.rows_delivered = if report.status == Verdict::Archived {
         report.rows_accepted.saturating_sub(report.rows_refused)
@@ -811,10 +826,11 @@ async fn finish(
     let scratch = ctx.dirs.rejects_work_path(&occurrence.id);
     let has_rejects = validation_rejects.is_some() || !refusals.is_empty();
     if has_rejects {
-        if validation_rejects.is_none() {
-            let _ = std::fs::remove_file(&scratch);
-        }
-        let mut writer = RejectsWriter::open_append(&scratch)?;
+        // After validation's rejects, or a fresh file (header included).
+        let mut writer = match validation_rejects {
+            Some(_) => RejectsWriter::open_append(&scratch)?,
+            None => RejectsWriter::create(&scratch)?,
+        };
         for refusal in &refusals {
             let original = original_lines.get(&refusal.line).map_or("", String::as_str);
             writer.write(refusal.line, &refusal.message, original)?;
@@ -867,7 +883,7 @@ async fn finish(
 
 /// Finishes an occurrence whose file already reached its outcome folder
 /// before a crash (the journal recorded where it was going).
-pub fn settle_moved(ctx: &Context, occurrence: &Occurrence) -> Result<bool, PipelineError> {
+pub fn settle_moved(ctx: &Context, occurrence: &Occurrence) -> Result<bool, JournalError> {
     let Some(outcome) = &occurrence.outcome_path else {
         return Ok(false);
     };
