@@ -40,23 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-imports() {
-  cat <<'TOML'
-[[import]]
-name = "bench"
-pattern = "^pr-.*$"
-date_format = "dd/MM/yyyy HH:mm:ss"
-timezone = "Europe/Paris"
-separator = ";"
-encoding = "auto"
-default_purpose = "email_global"
-unknown_subscription = "passthrough"
-[import.user_metadata]
-source = "bench"
-[import.subscriptions]
-"12" = "newsletter_weekly"
-TOML
-}
+imports() { cat scripts/bench-import.toml; }
 
 cat > "$work/bench.toml" <<TOML
 [watch]

@@ -35,23 +35,7 @@ bin="$PWD/target/release/consent-drop"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-imports() {
-  cat <<TOML
-[[import]]
-name = "bench"
-pattern = "^pr-.*$"
-date_format = "dd/MM/yyyy HH:mm:ss"
-timezone = "Europe/Paris"
-separator = ";"
-encoding = "auto"
-default_purpose = "email_global"
-unknown_subscription = "passthrough"
-[import.user_metadata]
-source = "bench"
-[import.subscriptions]
-"12" = "newsletter_weekly"
-TOML
-}
+imports() { cat scripts/bench-import.toml; }
 
 file_config() { # STATE_DIR OUTBOX
   printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s"\n[sink]\nkind = "file"\ndir = "%s"\nbatch_size = 100\n' "$work" "$1" "$2"
