@@ -129,6 +129,35 @@ fn options() -> ServerOptions {
     }
 }
 
+/// A test API, an http sink on it with the API key's secret in a file, and
+/// the sink's shutdown token.
+struct Fixture {
+    server: ApiServer,
+    sink: Sink,
+    shutdown: CancellationToken,
+    /// Holds the secret file: bind it (`_secrets`) for as long as the sink runs.
+    _secrets: Secrets,
+}
+
+/// `adjust` changes the sink's settings before the sink is made.
+async fn fixture(options: ServerOptions, adjust: impl FnOnce(&mut HttpSinkSettings)) -> Fixture {
+    let server = ApiServer::start(options).await;
+    let secrets = Secrets::new();
+    let mut settings = settings(
+        &server.base_url(),
+        api_key(&secrets.write("secret", "test-secret\n")),
+    );
+    adjust(&mut settings);
+    let shutdown = CancellationToken::new();
+    let sink = sink(settings, &shutdown);
+    Fixture {
+        server,
+        sink,
+        shutdown,
+        _secrets: secrets,
+    }
+}
+
 fn sink(settings: HttpSinkSettings, shutdown: &CancellationToken) -> Sink {
     Sink::from_settings(&SinkSettings::Http(settings), shutdown.clone()).expect("http sink")
 }
@@ -221,17 +250,13 @@ async fn wait_until(timeout: Duration, condition: impl Fn() -> bool) -> bool {
 
 #[tokio::test]
 async fn acks_come_in_order_with_the_right_request() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     server.set_fail_ratio(0.2); // retries make later batches finish first
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret\n")),
-        ),
-        &shutdown,
-    );
     let mut delivery = open(&sink, "order").await;
 
     let acks = deliver(&server, &mut delivery, batches("order", 30, 20)).await;
@@ -269,15 +294,15 @@ async fn acks_come_in_order_with_the_right_request() {
 
 #[tokio::test]
 async fn gzip_bodies_when_the_config_asks() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let mut gzip = settings(
-        &server.base_url(),
-        api_key(&secrets.write("secret", "test-secret")),
-    );
-    gzip.gzip = true;
-    let sink = sink(gzip, &shutdown);
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |settings| {
+        settings.gzip = true;
+    })
+    .await;
     let mut delivery = open(&sink, "gzip").await;
     let mut sent = batches("gzip", 3, 100);
     // A refused event makes the sink split a gzipped batch too.
@@ -309,17 +334,13 @@ async fn gzip_bodies_when_the_config_asks() {
 
 #[tokio::test]
 async fn retry_after_of_a_429_is_honoured() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     server.set_429_burst(1, 1);
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
     let mut delivery = open(&sink, "throttled").await;
 
     let start = Instant::now();
@@ -337,18 +358,14 @@ async fn retry_after_of_a_429_is_honoured() {
 
 #[tokio::test]
 async fn an_outage_of_503s_and_429s_loses_and_duplicates_nothing() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     server.set_fail_ratio(0.3);
     server.set_429_burst(5, 1);
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
     let mut delivery = open(&sink, "outage").await;
 
     let acks = deliver(&server, &mut delivery, batches("outage", 20, 50)).await;
@@ -366,17 +383,13 @@ async fn an_outage_of_503s_and_429s_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn dropped_connections_are_retried() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     server.drop_connections(3);
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
     let mut delivery = open(&sink, "dropped").await;
 
     let acks = deliver(&server, &mut delivery, batches("dropped", 3, 10)).await;
@@ -388,16 +401,16 @@ async fn dropped_connections_are_retried() {
 
 #[tokio::test]
 async fn answers_slower_than_the_timeout_are_retried() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |settings| {
+        settings.timeout = Duration::from_millis(300);
+    })
+    .await;
     server.set_delay(Duration::from_millis(800));
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let mut settings = settings(
-        &server.base_url(),
-        api_key(&secrets.write("secret", "test-secret")),
-    );
-    settings.timeout = Duration::from_millis(300);
-    let sink = sink(settings, &shutdown);
     let mut delivery = open(&sink, "slow").await;
     let batch = batch("slow", 0, 10);
     let mut checker = AckChecker::new(std::slice::from_ref(&batch));
@@ -452,16 +465,12 @@ async fn connection_refused_until_the_api_starts_is_retried() {
 
 #[tokio::test]
 async fn refused_events_are_isolated_and_the_rest_delivered() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     let mut delivery = open(&sink, "refuse").await;
     let refused_lines = [12, 52, 79];
     let batch = batch_with("refuse", 0, 100, |line| {
@@ -492,15 +501,15 @@ async fn refused_events_are_isolated_and_the_rest_delivered() {
 
 #[tokio::test]
 async fn a_revoked_token_opens_one_new_session_and_the_batch_is_retried() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let mut settings = settings(
-        &server.base_url(),
-        api_key(&secrets.write("secret", "test-secret")),
-    );
-    settings.auth_retry = Duration::from_secs(60); // a pause would not end in time
-    let sink = sink(settings, &shutdown);
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |settings| {
+        settings.auth_retry = Duration::from_secs(60); // a pause would not end in time
+    })
+    .await;
     let mut delivery = open(&sink, "revoked").await;
     let all = batches("revoked", 6, 10);
     let mut checker = AckChecker::new(&all);
@@ -532,20 +541,19 @@ async fn a_revoked_token_opens_one_new_session_and_the_batch_is_retried() {
 
 #[tokio::test]
 async fn short_lived_tokens_are_renewed_between_deliveries() {
-    let server = ApiServer::start(ServerOptions {
-        token_lifetime_s: 2,
-        ..options()
-    })
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(
+        ServerOptions {
+            token_lifetime_s: 2,
+            ..options()
+        },
+        |_| {},
+    )
     .await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
 
     let mut first = open(&sink, "short-a").await;
     let acks = deliver(&server, &mut first, batches("short-a", 2, 10)).await;
@@ -623,17 +631,13 @@ async fn a_wrong_secret_pauses_until_fixed_and_reloaded() {
 
 #[tokio::test]
 async fn forbidden_pauses_submission_until_lifted() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
     server.set_forbidden(true);
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
     let mut delivery = open(&sink, "forbidden").await;
     let all = batches("forbidden", 3, 10);
     let mut checker = AckChecker::new(&all);
@@ -700,16 +704,12 @@ async fn not_found_is_a_configuration_fault_not_a_refusal() {
 
 #[tokio::test]
 async fn disable_integrations_goes_in_the_query() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
 
     let mut backfill = sink
         .open(&target("backfill", true), None)
@@ -730,16 +730,12 @@ async fn disable_integrations_goes_in_the_query() {
 
 #[tokio::test]
 async fn shutdown_during_an_outage_returns_quickly_with_only_delivered_acks() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(
-            &server.base_url(),
-            api_key(&secrets.write("secret", "test-secret")),
-        ),
-        &shutdown,
-    );
+    let Fixture {
+        server,
+        sink,
+        shutdown,
+        _secrets,
+    } = fixture(options(), |_| {}).await;
     let mut delivery = open(&sink, "shutdown").await;
     let all = batches("shutdown", 4, 10);
     let mut checker = AckChecker::new(&all);
@@ -784,16 +780,16 @@ async fn shutdown_during_an_outage_returns_quickly_with_only_delivered_acks() {
 
 #[tokio::test]
 async fn concurrency_bounds_requests_in_flight_for_the_whole_sink() {
-    let server = ApiServer::start(options()).await;
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |settings| {
+        settings.concurrency = 2;
+    })
+    .await;
     server.set_delay(Duration::from_millis(50));
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let mut settings = settings(
-        &server.base_url(),
-        api_key(&secrets.write("secret", "test-secret")),
-    );
-    settings.concurrency = 2;
-    let sink = sink(settings, &shutdown);
     let mut first = open(&sink, "conc-a").await;
     let mut second = open(&sink, "conc-b").await;
 
@@ -813,15 +809,15 @@ async fn concurrency_bounds_requests_in_flight_for_the_whole_sink() {
 
 #[tokio::test]
 async fn max_requests_per_second_paces_request_starts() {
-    let server = ApiServer::start(options()).await;
-    let secrets = Secrets::new();
-    let shutdown = CancellationToken::new();
-    let mut settings = settings(
-        &server.base_url(),
-        api_key(&secrets.write("secret", "test-secret")),
-    );
-    settings.max_requests_per_second = Some(20.0);
-    let sink = sink(settings, &shutdown);
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |settings| {
+        settings.max_requests_per_second = Some(20.0);
+    })
+    .await;
     let mut delivery = open(&sink, "paced").await;
 
     let start = Instant::now();
