@@ -160,21 +160,16 @@ impl Rec {
         }
     }
 
+    /// Starts a new record, keeping the allocation of `spans`.
     fn reset(&mut self, start: usize, line: u64) {
-        self.start = start;
-        self.scan = 0;
-        self.spans.clear();
-        self.fields = 0;
-        self.state = State::FieldStart;
-        self.field_start = 0;
-        self.field_quoted = false;
-        self.close = 0;
-        self.cook = false;
-        self.inner_lines = 0;
-        self.blank = true;
-        self.too_long = false;
-        self.unterminated = false;
-        self.line = line;
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        *self = Rec {
+            start,
+            line,
+            spans,
+            ..Rec::new()
+        };
     }
 
     /// Ends the current field at `end` (the separator or line ending).
