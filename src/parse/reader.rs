@@ -403,21 +403,6 @@ fn reject<'f>(reason: RejectReason) -> Option<Verdict<'f>> {
     Some(Verdict::Reject(reason))
 }
 
-fn windows_1252_table() -> &'static [char; 256] {
-    static TABLE: OnceLock<[char; 256]> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = ['\u{FFFD}'; 256];
-        for (byte, slot) in (0u8..=255).zip(table.iter_mut()) {
-            let bytes = [byte];
-            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes);
-            if let Some(c) = text.chars().next() {
-                *slot = c;
-            }
-        }
-        table
-    })
-}
-
 /// A field's text, from the record's text or from `decoded`.
 fn text_in<'a>(record_text: &'a str, decoded: &'a str, field: Field) -> &'a str {
     match field.source {
@@ -1138,8 +1123,11 @@ fn utf8_table(cp1252: bool) -> &'static Utf8Table {
     static LATIN1: OnceLock<Utf8Table> = OnceLock::new();
     if cp1252 {
         CP1252.get_or_init(|| {
-            let chars = windows_1252_table();
-            build(|b| chars[usize::from(b)])
+            build(|byte| {
+                let bytes = [byte];
+                let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes);
+                text.chars().next().unwrap_or('\u{FFFD}')
+            })
         })
     } else {
         LATIN1.get_or_init(|| build(char::from))
