@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
 
-use super::{HeaderMode, InputEncoding, RowFormat, Separator};
+use super::{HeaderMode, InputEncoding, RowFormat};
 
 /// Purpose texts with accents, an em dash, a typographic apostrophe, the
 /// separators and a quote.
@@ -83,10 +83,8 @@ fn write_line(line: &mut String, fields: &[Option<&str>], sep: char) {
         if index > 0 {
             line.push(sep);
         }
-        let needs_quotes = field.contains(sep)
-            || field.contains('"')
-            || (field.is_empty()
-                && Separator::from_config(&sep.to_string()) == Some(Separator::Space));
+        let needs_quotes =
+            field.contains(sep) || field.contains('"') || (field.is_empty() && sep == ' ');
         if needs_quotes {
             line.push('"');
             line.push_str(&field.replace('"', "\"\""));
@@ -143,7 +141,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::super::{
-        DateFormat, PurposeMap, Record, RowReader, UnknownSubscription, DEFAULT_MAX_ROW_BYTES,
+        DateFormat, PurposeMap, Record, RowReader, Separator, UnknownSubscription,
+        DEFAULT_MAX_ROW_BYTES,
     };
     use super::*;
 
