@@ -1,7 +1,7 @@
 //! Whether a whole file is valid UTF-8, fed chunk by chunk (for `encoding = "auto"`).
 
 /// Checks UTF-8 validity of a byte stream split into arbitrary chunks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Utf8Probe {
     valid: bool,
     /// The start of a multi-byte sequence cut by the end of the last chunk.
@@ -77,6 +77,13 @@ impl Utf8Probe {
     }
 }
 
+/// The same as [`Utf8Probe::new`]: nothing fed yet, which is valid.
+impl Default for Utf8Probe {
+    fn default() -> Utf8Probe {
+        Utf8Probe::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +132,13 @@ mod tests {
         assert!(probe(&[b"\xef", b"\xbb", b"\xbf", b"email"]));
         assert!(probe(&[]));
         assert!(probe(&[b"", b""]));
+    }
+
+    #[test]
+    fn default_is_new() {
+        assert!(Utf8Probe::default().finish());
+        let mut probe = Utf8Probe::default();
+        probe.feed(b"caf\xe9");
+        assert!(!probe.finish());
     }
 }
