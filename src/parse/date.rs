@@ -175,12 +175,6 @@ impl ZoneCache {
     }
 }
 
-impl Default for ZoneCache {
-    fn default() -> Self {
-        ZoneCache::new()
-    }
-}
-
 impl std::fmt::Debug for ZoneCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZoneCache").field("tz", &self.tz).finish()
