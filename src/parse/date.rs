@@ -21,6 +21,8 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
+use super::shown;
+
 /// The eight standard formats of SPEC §1.
 pub const STANDARD_FORMATS: [&str; 8] = [
     "dd/MM/yyyy HH:mm:ss",
@@ -150,13 +152,6 @@ pub enum DateError {
 /// At most this many characters of a refused date are quoted in a message.
 const SHOWN: usize = 64;
 
-fn shown(text: &str) -> String {
-    match text.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
-}
-
 /// The zone's UTC offset per local hour, for hours with a single offset.
 pub(crate) struct ZoneCache {
     tz: Option<Tz>,
@@ -282,7 +277,7 @@ impl DateFormat {
 
     fn mismatch(&self, text: &str) -> DateError {
         DateError::Mismatch {
-            text: shown(text),
+            text: shown(text, SHOWN),
             pattern: self.pattern.clone(),
         }
     }
@@ -334,7 +329,7 @@ impl DateFormat {
     fn read_strftime(&self, text: &str) -> Result<Local, DateError> {
         let naive = NaiveDateTime::parse_from_str(text, &self.pattern).map_err(|err| {
             DateError::Strftime {
-                text: shown(text),
+                text: shown(text, SHOWN),
                 pattern: self.pattern.clone(),
                 reason: err.to_string(),
             }
@@ -342,7 +337,7 @@ impl DateFormat {
         // chrono reads a seconds field of 60 as a leap second.
         if naive.nanosecond() >= 1_000_000_000 {
             return Err(DateError::OutOfRange {
-                text: shown(text),
+                text: shown(text, SHOWN),
                 field: "second",
                 value: 60,
             });
@@ -488,7 +483,7 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 
 fn check_local(text: &str, local: Local) -> Result<Local, DateError> {
     let out_of_range = |field: &'static str, value: u32| DateError::OutOfRange {
-        text: shown(text),
+        text: shown(text, SHOWN),
         field,
         value,
     };
@@ -500,7 +495,7 @@ fn check_local(text: &str, local: Local) -> Result<Local, DateError> {
     }
     if local.day > days_in_month(local.year, local.month) {
         return Err(DateError::NoSuchDay {
-            text: shown(text),
+            text: shown(text, SHOWN),
             year: local.year,
             month: local.month,
             day: local.day,
@@ -535,7 +530,9 @@ fn place_in_zone(
     text: &str,
     cache: &mut ZoneCache,
 ) -> Result<DateTime<Utc>, DateError> {
-    let unsupported = || DateError::Unsupported { text: shown(text) };
+    let unsupported = || DateError::Unsupported {
+        text: shown(text, SHOWN),
+    };
     let days = days_from_civil(local.year, local.month, local.day);
     let seconds = days * 86_400
         + i64::from(local.hour) * 3_600
@@ -575,7 +572,7 @@ fn place_in_zone(
         LocalResult::Single(instant) => Ok(instant.with_timezone(&Utc)),
         LocalResult::Ambiguous(a, b) => Ok(a.with_timezone(&Utc).min(b.with_timezone(&Utc))),
         LocalResult::None => Err(DateError::Gap {
-            text: shown(text),
+            text: shown(text, SHOWN),
             zone: tz.name().to_string(),
         }),
     }

@@ -201,6 +201,15 @@ pub enum ParseError {
     Io(#[from] std::io::Error),
 }
 
+/// `text` cut after `max` characters (marked by an ellipsis), for quoting
+/// refused input in a message.
+fn shown(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;

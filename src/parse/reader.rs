@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use super::date::ZoneCache;
 use super::{
-    HeaderMode, ParseError, Record, Reject, RejectReason, ResolvedEncoding, Row, RowFormat,
+    shown, HeaderMode, ParseError, Record, Reject, RejectReason, ResolvedEncoding, Row, RowFormat,
     UnknownSubscription,
 };
 
@@ -446,13 +446,6 @@ fn control_char(text: &str, allow_tab: bool) -> Option<u32> {
     text.chars()
         .find(|&c| c.is_control() && !(allow_tab && c == '\t'))
         .map(u32::from)
-}
-
-fn shown(text: &str) -> String {
-    match text.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 /// Why a (lower-cased, trimmed) e-mail is not plausible.
@@ -974,7 +967,7 @@ impl<'f, R: Read> RowReader<'f, R> {
         }
         if let Some(why) = email_problem(email_buf) {
             return reject(RejectReason::InvalidEmail {
-                email: shown(email_buf),
+                email: shown(email_buf, SHOWN),
                 why,
             });
         }
@@ -995,7 +988,7 @@ impl<'f, R: Read> RowReader<'f, R> {
             let digits = sub_text.trim_start_matches('0');
             if !sub_text.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 18 {
                 return reject(RejectReason::InvalidSubscription {
-                    value: shown(sub_text),
+                    value: shown(sub_text, SHOWN),
                 });
             }
             let id = digits
