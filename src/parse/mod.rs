@@ -218,6 +218,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every separator, for the tests that try each.
+    const SEPARATORS: [Separator; 4] = [
+        Separator::Semicolon,
+        Separator::Comma,
+        Separator::Tab,
+        Separator::Space,
+    ];
+
     fn purposes(unknown: UnknownSubscription) -> PurposeMap {
         PurposeMap {
             default_purpose: "email_global".into(),
@@ -462,12 +470,7 @@ mod tests {
 
     #[test]
     fn quoted_fields_work_with_every_separator() {
-        for separator in [
-            Separator::Semicolon,
-            Separator::Comma,
-            Separator::Tab,
-            Separator::Space,
-        ] {
+        for separator in SEPARATORS {
             let sep = char::from(separator.byte());
             let purpose = format!("Yes{sep} I \"agree\"{sep} really");
             let quoted = format!("\"{}\"", purpose.replace('"', "\"\""));
@@ -1156,13 +1159,6 @@ mod tests {
     }
 
     // ---- properties ----
-
-    const SEPARATORS: [Separator; 4] = [
-        Separator::Semicolon,
-        Separator::Comma,
-        Separator::Tab,
-        Separator::Space,
-    ];
 
     #[derive(Debug, Clone)]
     struct GenRow {
