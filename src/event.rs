@@ -44,18 +44,14 @@ fn uuid_v5(name: &[u8]) -> Uuid {
 }
 
 fn event_id_name(name: &mut Vec<u8>, import: &str, row: &Row<'_>) {
-    let mut seconds = Vec::with_capacity(24);
-    let timestamp = row.instant.timestamp();
-    if timestamp < 0 {
-        seconds.push(b'-');
-    }
-    write_u64(&mut seconds, timestamp.unsigned_abs());
+    let mut buf = [0u8; DIGITS];
+    let seconds = i64_text(row.instant.timestamp(), &mut buf);
     for part in [
         import.as_bytes(),
         row.email.as_bytes(),
         row.purpose_id.as_bytes(),
         row.purpose_text.as_bytes(),
-        &seconds,
+        seconds,
         row.origin.as_bytes(),
     ] {
         write_u64(name, part.len() as u64);
@@ -185,19 +181,39 @@ fn write_padded(out: &mut Vec<u8>, value: u32, width: usize) {
     out.extend_from_slice(&digits[..width]);
 }
 
-fn write_u64(out: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// Room for any `u64` in decimal (20 digits) or any `i64` with its sign.
+const DIGITS: usize = 21;
+
+/// Writes the decimal digits of `value` at the end of `buf`; returns where
+/// they start (at least 1, so a sign still fits in front).
+fn write_digits(value: u64, buf: &mut [u8; DIGITS]) -> usize {
+    let mut at = buf.len();
     let mut rest = value;
     loop {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
+        buf[at] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    at
+}
+
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    let mut buf = [0u8; DIGITS];
+    let at = write_digits(value, &mut buf);
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// `value` in decimal, with a `-` when negative, written into `buf`.
+fn i64_text(value: i64, buf: &mut [u8; DIGITS]) -> &[u8] {
+    let mut at = write_digits(value.unsigned_abs(), buf);
+    if value < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 /// A JSON string literal, escaped per RFC 8259.
@@ -386,6 +402,96 @@ mod tests {
             ..one
         };
         assert_ne!(event_id("n", &one), event_id("n", &two));
+    }
+
+    /// The id name as it was built before the seconds moved to a stack
+    /// buffer: the seconds in a `Vec`, a `-` then the absolute value.
+    fn old_event_id_name(import: &str, row: &Row<'_>) -> Vec<u8> {
+        let mut seconds = Vec::with_capacity(24);
+        let timestamp = row.instant.timestamp();
+        if timestamp < 0 {
+            seconds.push(b'-');
+        }
+        write_u64(&mut seconds, timestamp.unsigned_abs());
+        let mut name = Vec::new();
+        for part in [
+            import.as_bytes(),
+            row.email.as_bytes(),
+            row.purpose_id.as_bytes(),
+            row.purpose_text.as_bytes(),
+            &seconds,
+            row.origin.as_bytes(),
+        ] {
+            write_u64(&mut name, part.len() as u64);
+            name.push(b':');
+            name.extend_from_slice(part);
+        }
+        name
+    }
+
+    #[test]
+    fn ids_are_unchanged_at_the_edges_of_time() {
+        use chrono::{DateTime, Utc};
+        let base = row("a@b.co", "x", b"");
+        // Ids computed before the seconds moved to a stack buffer.
+        for (instant, id) in [
+            (
+                DateTime::<Utc>::MIN_UTC,
+                "60c55758-31dc-5a89-a954-cd014de387ec",
+            ),
+            (
+                DateTime::<Utc>::MAX_UTC,
+                "c08dcf85-ac0d-5536-be5b-920356c8733a",
+            ),
+            (
+                DateTime::<Utc>::UNIX_EPOCH,
+                "caf32942-4693-556c-92cc-9bbd3bbcf42d",
+            ),
+            (
+                DateTime::<Utc>::UNIX_EPOCH - chrono::Duration::seconds(1),
+                "cddb0d04-4334-5640-b1bf-db03fefb486e",
+            ),
+            (base.instant, "05088594-6f42-5881-9576-34e85111944a"),
+        ] {
+            let the_row = Row { instant, ..base };
+            let mut name = Vec::new();
+            event_id_name(&mut name, "news", &the_row);
+            assert_eq!(name, old_event_id_name("news", &the_row), "{instant}");
+            assert_eq!(event_id("news", &the_row).to_string(), id, "{instant}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        for value in [
+            0,
+            1,
+            -1,
+            9,
+            -9,
+            10,
+            -10,
+            1_000_000,
+            -1_000_000,
+            i64::MAX,
+            i64::MAX - 1,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            let mut buf = [0u8; DIGITS];
+            assert_eq!(i64_text(value, &mut buf), value.to_string().as_bytes());
+            let mut old = Vec::new();
+            if value < 0 {
+                old.push(b'-');
+            }
+            write_u64(&mut old, value.unsigned_abs());
+            assert_eq!(i64_text(value, &mut buf), old.as_slice());
+        }
+        for value in [0, 9, 10, 10u64.pow(19), u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, value);
+            assert_eq!(out, value.to_string().as_bytes());
+        }
     }
 
     #[test]
