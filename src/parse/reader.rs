@@ -294,12 +294,15 @@ impl Rec {
                     }
                     self.scan += 1;
                 }
-                State::QuoteInQuoted => {
-                    if b == b'"' {
-                        self.cook = true;
-                        self.state = State::Quoted;
-                        self.scan += 1;
-                    } else if b == split.sep {
+                State::QuoteInQuoted if b == b'"' => {
+                    // `""`: an escaped quote, the field goes on.
+                    self.cook = true;
+                    self.state = State::Quoted;
+                    self.scan += 1;
+                }
+                // Otherwise that quote closed the field: the same as after blanks.
+                State::QuoteInQuoted | State::AfterClose => {
+                    if b == split.sep {
                         self.end_field(self.scan);
                         self.scan += 1;
                     } else if b == b'\n' || b == b'\r' {
@@ -310,20 +313,6 @@ impl Rec {
                         self.scan += 1;
                     } else {
                         // Lenient: text right after a closing quote is kept.
-                        self.cook = true;
-                        self.state = State::Unquoted;
-                    }
-                }
-                State::AfterClose => {
-                    if b == split.sep {
-                        self.end_field(self.scan);
-                        self.scan += 1;
-                    } else if b == b'\n' || b == b'\r' {
-                        self.end_record(split);
-                        return Split::Ended;
-                    } else if b == b' ' || b == b'\t' {
-                        self.scan += 1;
-                    } else {
                         self.cook = true;
                         self.state = State::Unquoted;
                     }
