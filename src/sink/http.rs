@@ -28,6 +28,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
@@ -471,7 +472,8 @@ fn request_body(batch: &Batch, start: usize, end: usize) -> Vec<u8> {
 
 /// A request body as it goes on the wire.
 struct Payload {
-    bytes: Vec<u8>,
+    /// Shared, so that every attempt sends it without a copy.
+    bytes: Bytes,
     gzipped: bool,
 }
 
@@ -481,20 +483,20 @@ struct Payload {
 fn payload(json: Vec<u8>, gzip: bool) -> Payload {
     if !gzip {
         return Payload {
-            bytes: json,
+            bytes: json.into(),
             gzipped: false,
         };
     }
     let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
     match encoder.write_all(&json).and_then(|()| encoder.finish()) {
         Ok(bytes) => Payload {
-            bytes,
+            bytes: bytes.into(),
             gzipped: true,
         },
         // Compressing into memory does not fail; if it ever did, the plain
         // body is still a correct request.
         Err(_) => Payload {
-            bytes: json,
+            bytes: json.into(),
             gzipped: false,
         },
     }
@@ -988,7 +990,7 @@ mod tests {
             gzipped.bytes.len()
         );
         let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(gzipped.bytes.as_slice())
+        flate2::read::GzDecoder::new(&gzipped.bytes[..])
             .read_to_end(&mut decoded)
             .expect("valid gzip");
         assert_eq!(decoded, json);
