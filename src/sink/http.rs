@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::gate::Gate;
+use self::gate::{Gate, Turn};
 use self::session::{TokenError, TokenSource};
 use super::{Ack, Batch, DeliveryTarget, Refusal, SinkError};
 use crate::config::{Credentials, HttpSinkSettings};
@@ -615,12 +615,7 @@ async fn attempt(
     };
     let bearer = match bearer {
         Ok(bearer) => bearer,
-        Err(TokenError::Fault { problem, fix }) => {
-            if turn.refused(&problem, &fix) {
-                shared.tokens.reload();
-            }
-            return Ok(Step::Paused);
-        }
+        Err(TokenError::Fault { problem, fix }) => return Ok(pause(shared, turn, &problem, &fix)),
         Err(TokenError::Transient(reason)) => {
             return Ok(Step::Failed {
                 reason: format!("no session: {reason}"),
@@ -666,18 +661,20 @@ async fn attempt(
         }
         Answer::Unauthorized(message) => {
             let (problem, fix) = unauthorized_fault(&shared.settings, &message);
-            if turn.refused(&problem, &fix) {
-                shared.tokens.reload();
-            }
-            Step::Paused
+            pause(shared, turn, &problem, &fix)
         }
-        Answer::Fault { problem, fix } => {
-            if turn.refused(&problem, &fix) {
-                shared.tokens.reload();
-            }
-            Step::Paused
-        }
+        Answer::Fault { problem, fix } => pause(shared, turn, &problem, &fix),
     })
+}
+
+/// Refused credentials or configuration: the gate pauses submission (or
+/// keeps it paused) and, unless the refusal is stale, the credentials are
+/// read again before the next request.
+fn pause(shared: &Shared, turn: Turn<'_>, problem: &str, fix: &str) -> Step {
+    if turn.refused(problem, fix) {
+        shared.tokens.reload();
+    }
+    Step::Paused
 }
 
 fn unauthorized_fault(settings: &HttpSinkSettings, message: &str) -> (String, String) {
