@@ -63,7 +63,6 @@ impl FileSink {
             written,
             unsynced: Vec::new(),
             last_sync: Instant::now(),
-            wrote_any: resume_cursor.is_some_and(|cursor| cursor > 0),
         })
     }
 }
@@ -77,7 +76,6 @@ pub struct FileDelivery {
     /// Batches written since the last fsync, with the length after each.
     unsynced: Vec<(u64, u64)>,
     last_sync: Instant,
-    wrote_any: bool,
 }
 
 impl FileDelivery {
@@ -85,7 +83,6 @@ impl FileDelivery {
         let lines = batch.ndjson();
         self.file.write_all(lines).map_err(io_at(&self.partial))?;
         self.written += lines.len() as u64;
-        self.wrote_any |= !batch.is_empty();
         self.unsynced.push((batch.seq, self.written));
         if self.last_sync.elapsed() >= SYNC_INTERVAL {
             return self.sync();
@@ -98,7 +95,9 @@ impl FileDelivery {
             Ok(acks) => acks,
             Err(err) => return (Vec::new(), Err(err)),
         };
-        let result = if self.wrote_any {
+        // Every event is at least its newline: something was accepted
+        // exactly when the file is not empty.
+        let result = if self.written > 0 {
             std::fs::rename(&self.partial, &self.complete)
                 .map_err(io_at(&self.complete))
                 .and_then(|()| sync_parent(&self.complete))
