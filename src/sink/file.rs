@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Ack, Batch, DeliveryTarget, SinkError};
+use crate::claim::{self, ClaimError};
 use crate::config::FileSinkSettings;
 
 /// How long written batches may wait for their fsync.
@@ -139,11 +140,9 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
 }
 
 /// Makes a rename durable.
-pub(crate) fn sync_parent(path: &Path) -> Result<(), SinkError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_at(parent))
+fn sync_parent(path: &Path) -> Result<(), SinkError> {
+    claim::sync_dir_of(path)
+        .map_err(|ClaimError::Io { path, source }| SinkError::Io { path, source })
 }
 
 #[cfg(test)]
