@@ -560,7 +560,7 @@ fn check_sink(
             if raw.dir.is_some() {
                 return Err(fail("sink.dir", "only applies to kind = \"file\"".into()));
             }
-            let credentials = check_credentials(&raw_credentials(&raw), resolve, fail)?;
+            let credentials = check_credentials(&raw, resolve, fail)?;
             let base_url = raw
                 .base_url
                 .ok_or_else(|| fail("sink.base_url", "missing".into()))?;
@@ -626,26 +626,8 @@ fn check_sink(
     }
 }
 
-struct RawCredentials<'a> {
-    api_key: Option<&'a String>,
-    secret_file: Option<&'a PathBuf>,
-    secret_env: Option<&'a String>,
-    token_file: Option<&'a PathBuf>,
-    token_env: Option<&'a String>,
-}
-
-fn raw_credentials(raw: &RawSink) -> RawCredentials<'_> {
-    RawCredentials {
-        api_key: raw.api_key.as_ref(),
-        secret_file: raw.secret_file.as_ref(),
-        secret_env: raw.secret_env.as_ref(),
-        token_file: raw.token_file.as_ref(),
-        token_env: raw.token_env.as_ref(),
-    }
-}
-
 fn check_credentials(
-    raw: &RawCredentials<'_>,
+    raw: &RawSink,
     resolve: &dyn Fn(&Path) -> PathBuf,
     fail: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Credentials, ConfigError> {
@@ -664,8 +646,8 @@ fn check_credentials(
             "missing: set api_key with secret_file or secret_env, or a ready token in token_file or token_env".into(),
         )),
         [_] => {
-            if let Some(key) = raw.api_key {
-                let secret = match (raw.secret_file, raw.secret_env) {
+            if let Some(key) = &raw.api_key {
+                let secret = match (&raw.secret_file, &raw.secret_env) {
                     (Some(file), None) => SecretSource::File(resolve(file)),
                     (None, Some(var)) => SecretSource::Env(var.clone()),
                     (Some(_), Some(_)) => {
@@ -700,10 +682,10 @@ fn check_credentials(
                     ));
                 }
             }
-            if let Some(file) = raw.token_file {
+            if let Some(file) = &raw.token_file {
                 return Ok(Credentials::TokenFile(resolve(file)));
             }
-            match raw.token_env {
+            match &raw.token_env {
                 Some(var) => Ok(Credentials::TokenEnv(var.clone())),
                 None => Err(fail("sink.token_env", "missing".into())),
             }
