@@ -804,13 +804,13 @@ fn check_import(
     for (id, purpose) in &raw.subscriptions {
         let number: u64 = id.trim().parse().map_err(|_| {
             fail(
-                &format!("import[{index}] ({name}).subscriptions.{id}"),
+                &key(&format!("subscriptions.{id}")),
                 "a subscription id must be a number".into(),
             )
         })?;
         if purpose.trim().is_empty() {
             return Err(fail(
-                &format!("import[{index}] ({name}).subscriptions.{id}"),
+                &key(&format!("subscriptions.{id}")),
                 "the purpose id is empty".into(),
             ));
         }
