@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use consent_drop::commands::{self, CheckOptions, Exit, ImportOptions};
 use consent_drop::logging::{self, LogFormat};
 
@@ -13,15 +13,9 @@ use consent_drop::logging::{self, LogFormat};
 struct Cli {
     /// Log lines as human text or JSON.
     #[arg(long, value_enum, global = true, default_value = "human")]
-    log_format: LogFormatArg,
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormatArg {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -94,10 +88,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    logging::init(match cli.log_format {
-        LogFormatArg::Human => LogFormat::Human,
-        LogFormatArg::Json => LogFormat::Json,
-    });
+    logging::init(cli.log_format);
     let mut out = std::io::stdout().lock();
     let result = match &cli.command {
         Command::Run { config } => commands::run(config.as_deref()),
@@ -156,8 +147,8 @@ fn main() -> ExitCode {
             let message = format!("{:#}", anyhow::Error::from(err));
             match cli.log_format {
                 // A JSON log stays JSON to its last line.
-                LogFormatArg::Json => tracing::error!(exit_code = exit as u8, "{message}"),
-                LogFormatArg::Human => eprintln!("consent-drop: {message}"),
+                LogFormat::Json => tracing::error!(exit_code = exit as u8, "{message}"),
+                LogFormat::Human => eprintln!("consent-drop: {message}"),
             }
             exit
         }
