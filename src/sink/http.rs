@@ -838,9 +838,8 @@ pub(crate) fn describe_error(err: &reqwest::Error) -> String {
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let delay = if let Ok(seconds) = value.parse::<u64>() {
-        Duration::from_secs(seconds)
-    } else if let Some(seconds) = value
+    // Whole seconds included: up to the cap, they are exact in an f64.
+    let delay = if let Some(seconds) = value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
@@ -857,10 +856,10 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The delay after the `failures`-th failure in a row: `retry_initial`
 /// doubling up to `retry_max`, jittered down by up to half.
 fn backoff(settings: &HttpSinkSettings, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(32);
+    let doublings = failures.saturating_sub(1).min(31);
     let base = settings
         .retry_initial
-        .saturating_mul(1u32 << doublings.min(31))
+        .saturating_mul(1u32 << doublings)
         .min(settings.retry_max);
     base.mul_f64(0.5 + 0.5 * jitter())
 }
