@@ -209,11 +209,11 @@ fn describe_ready_token(token: &str, place: &str) -> Result<String, SinkError> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     match exp {
-        Some(exp) if exp <= now => Err(SinkError::Setup(format!(
-            "the token in {place} has expired{}",
-            session::describe_exp(Some(exp)).replace(", token valid until", " (at")
-                + ")"
-        ))),
+        Some(exp) if exp <= now => Err(SinkError::Setup(match session::exp_rfc3339(exp) {
+            Some(at) => format!("the token in {place} has expired (at {at})"),
+            // An exp before chrono's range (a crafted token): the text as before.
+            None => format!("the token in {place} has expired, token without an expiry)"),
+        })),
         Some(_) => Ok(format!(
             "a ready token is read from {place}{}; nothing was sent to the API",
             session::describe_exp(exp)

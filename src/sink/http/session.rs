@@ -379,13 +379,16 @@ fn expires_at(exp: Option<i64>, now: SystemTime, now_instant: Instant) -> Option
 
 /// `, token valid until 2026-11-23T15:55:00Z` (or nothing without `exp`).
 pub(super) fn describe_exp(exp: Option<i64>) -> String {
-    match exp.and_then(|exp| chrono::DateTime::from_timestamp(exp, 0)) {
-        Some(at) => format!(
-            ", token valid until {}",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ),
+    match exp.and_then(exp_rfc3339) {
+        Some(at) => format!(", token valid until {at}"),
         None => ", token without an expiry".into(),
     }
+}
+
+/// `exp` (Unix seconds) as an RFC 3339 UTC time, `None` out of range.
+pub(super) fn exp_rfc3339(exp: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp(exp, 0)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 #[cfg(test)]
