@@ -211,8 +211,8 @@ fn describe_ready_token(token: &str, place: &str) -> Result<String, SinkError> {
     match exp {
         Some(exp) if exp <= now => Err(SinkError::Setup(match session::exp_rfc3339(exp) {
             Some(at) => format!("the token in {place} has expired (at {at})"),
-            // An exp before chrono's range (a crafted token): the text as before.
-            None => format!("the token in {place} has expired, token without an expiry)"),
+            // An exp before chrono's range (a crafted token).
+            None => format!("the token in {place} has expired (exp {exp})"),
         })),
         Some(_) => Ok(format!(
             "a ready token is read from {place}{}; nothing was sent to the API",
