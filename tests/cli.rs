@@ -73,13 +73,7 @@ fn import_delivers_to_the_file_sink_and_archives_a_copy() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-consentements-2.csv");
     std::fs::write(&file, proof_rows("b", 250)).expect("write");
-    let output = site
-        .command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .output()
-        .expect("run");
+    let output = site.import(&file);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -112,19 +106,9 @@ fn import_of_the_same_content_twice_sends_it_once() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-same.csv");
     std::fs::write(&file, proof_rows("c", 10)).expect("write");
-    site.command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .assert()
-        .code(0);
-    let output = site
-        .command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .output()
-        .expect("run");
+    let output = site.import(&file);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let output = site.import(&file);
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("Duplicate"));
     assert_eq!(site.outbox_events().len(), 10);
@@ -136,13 +120,7 @@ fn import_with_rejects_exits_1_and_writes_the_rejects_file() {
     let file = site.path("pr-rejects.csv");
     let content = proof_rows("d", 4) + "d9@example.com;x;31/02/2020 10:00:00;1.2.3.4;\n";
     std::fs::write(&file, content).expect("write");
-    let output = site
-        .command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .output()
-        .expect("run");
+    let output = site.import(&file);
     assert_eq!(output.status.code(), Some(1));
     let rejects: Vec<_> = site
         .files_under("archive")
@@ -165,13 +143,7 @@ fn a_file_with_mostly_bad_rows_is_quarantined_and_nothing_sent() {
         .replace("/06/2020", "")
         .replace(";0", ";2020-06-0");
     std::fs::write(&file, content).expect("write");
-    let output = site
-        .command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .output()
-        .expect("run");
+    let output = site.import(&file);
     assert_eq!(output.status.code(), Some(1));
     assert!(site.outbox_events().is_empty());
     let reports = site.reports("failed");
@@ -211,12 +183,8 @@ fn status_lists_recent_occurrences_as_json() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-status.csv");
     std::fs::write(&file, proof_rows("f", 3)).expect("write");
-    site.command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .assert()
-        .code(0);
+    let output = site.import(&file);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
     let output = site
         .command()
         .args(["status", "--json", "-c"])
@@ -250,12 +218,8 @@ fn every_event_names_the_sha256_of_the_archived_file_and_its_line() {
     let site = Site::new(IMPORT);
     let file = site.path("pr-audit.csv");
     std::fs::write(&file, proof_rows("audit", 120)).expect("write");
-    site.command()
-        .args(["import", "--quiet", "-c"])
-        .arg(&site.config)
-        .arg(&file)
-        .assert()
-        .code(0);
+    let output = site.import(&file);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
     let reports = site.reports("archive");
     let archived = reports[0]["file"].as_str().expect("archived path");
     let archived_bytes = std::fs::read(archived).expect("archived file");

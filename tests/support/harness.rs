@@ -96,6 +96,16 @@ impl Site {
         Daemon { child, log }
     }
 
+    /// `consent-drop import --quiet` of one proof file with this site's config.
+    pub fn import(&self, file: &Path) -> std::process::Output {
+        self.command()
+            .args(["import", "--quiet", "-c"])
+            .arg(&self.config)
+            .arg(file)
+            .output()
+            .expect("run import")
+    }
+
     /// The journal's recent occurrences, as `status --json` prints them.
     pub fn journal(&self) -> serde_json::Value {
         let output = self
