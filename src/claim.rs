@@ -111,15 +111,27 @@ pub fn claim_copy(source: &Path, destination: &Path) -> Result<(), ClaimError> {
 /// absent or whole.
 fn copy_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
     let mut input = open_regular(source).map_err(io_at(source))?;
-    let temporary = temporary_beside(destination, "claiming");
-    let copied = File::create(&temporary)
-        .and_then(|mut output| {
-            io::copy(&mut input, &mut output)?;
-            output.sync_all()
+    replace_durably(destination, "claiming", |output| {
+        io::copy(&mut input, output).map(drop)
+    })
+}
+
+/// Fills a temporary file beside `destination`, fsyncs it and renames it
+/// into place, so that `destination` is either absent or whole. On failure
+/// the temporary file is removed: a full disk must not keep half copies.
+fn replace_durably(
+    destination: &Path,
+    suffix: &str,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), ClaimError> {
+    let temporary = temporary_beside(destination, suffix);
+    let written = File::create(&temporary)
+        .and_then(|mut file| {
+            fill(&mut file)?;
+            file.sync_all()
         })
         .and_then(|()| fs::rename(&temporary, destination));
-    if let Err(err) = copied {
-        // A full disk must not keep a half copy: the original is still whole.
+    if let Err(err) = written {
         let _ = fs::remove_file(&temporary);
         return Err(io_at(destination)(err));
     }
@@ -241,11 +253,7 @@ fn temporary_beside(path: &Path, suffix: &str) -> PathBuf {
 
 /// Writes a small file durably: temporary name, fsync, rename, fsync folder.
 pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
-    let temporary = temporary_beside(path, "writing");
-    let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
-    file.write_all(content).map_err(io_at(&temporary))?;
-    file.sync_all().map_err(io_at(&temporary))?;
-    fs::rename(&temporary, path).map_err(io_at(path))?;
+    replace_durably(path, "writing", |file| file.write_all(content))?;
     sync_dir_of(path)
 }
 
@@ -280,6 +288,31 @@ mod tests {
         assert!(fitted.len() <= NAME_MAX, "{}", fitted.len());
         assert!(fitted.ends_with("~.csv.report.json"), "{fitted}");
         assert_eq!(fit_name("a.csv", ".report.json"), "a.csv.report.json");
+    }
+
+    #[test]
+    fn a_failed_durable_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("x.report.json");
+        write_durably(&path, b"{}").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"{}");
+        // A folder in the way (not empty): the final rename fails.
+        let blocked = dir.path().join("blocked.report.json");
+        std::fs::create_dir_all(blocked.join("inside")).expect("mkdir");
+        let err = write_durably(&blocked, b"{}").expect_err("a folder is in the way");
+        assert!(err.to_string().contains("blocked.report.json"), "{err}");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["blocked.report.json", "x.report.json"]);
     }
 
     #[test]
