@@ -119,10 +119,18 @@ struct Candidate {
     size: u64,
     mtime: (i64, i64),
     still_since: Instant,
-    /// Closed after writing, or arrived by rename, since the last write.
-    closed: bool,
+    writer: Writer,
+}
+
+/// What the events told about a file's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// No write or close seen since the file appeared (or since lost events).
+    Unknown,
     /// A write was seen and no close after it.
-    writing: bool,
+    Writing,
+    /// Closed after writing, or arrived by rename, since the last write.
+    Done,
 }
 
 /// Decides which files are ready. Pure but for `stat` (and `/proc` for the
@@ -158,34 +166,19 @@ impl Readiness {
     }
 
     pub fn observe(&mut self, hint: Hint, now: Instant) {
-        match hint {
-            Hint::Created(name) => {
-                self.parked.remove(&name);
-                let candidate = self.candidate(name, now);
-                candidate.writing = false;
-                candidate.closed = false;
-                candidate.still_since = now;
-            }
-            Hint::Touched(name) => {
-                self.parked.remove(&name);
-                self.candidate(name, now).still_since = now;
-            }
-            Hint::Written(name) => {
-                self.parked.remove(&name);
-                let candidate = self.candidate(name, now);
-                candidate.writing = true;
-                candidate.closed = false;
-                candidate.still_since = now;
-            }
-            Hint::Closed(name) | Hint::Arrived(name) => {
-                self.parked.remove(&name);
-                let candidate = self.candidate(name, now);
-                candidate.writing = false;
-                candidate.closed = true;
-                candidate.still_since = now;
-            }
-            Hint::Rescan => {}
+        let (name, writer) = match hint {
+            Hint::Created(name) => (name, Some(Writer::Unknown)),
+            Hint::Touched(name) => (name, None),
+            Hint::Written(name) => (name, Some(Writer::Writing)),
+            Hint::Closed(name) | Hint::Arrived(name) => (name, Some(Writer::Done)),
+            Hint::Rescan => return,
+        };
+        self.parked.remove(&name);
+        let candidate = self.candidate(name, now);
+        if let Some(writer) = writer {
+            candidate.writer = writer;
         }
+        candidate.still_since = now;
     }
 
     fn candidate(&mut self, name: String, now: Instant) -> &mut Candidate {
@@ -193,8 +186,7 @@ impl Readiness {
             size: u64::MAX,
             mtime: (0, 0),
             still_since: now,
-            closed: false,
-            writing: false,
+            writer: Writer::Unknown,
         })
     }
 
@@ -207,7 +199,9 @@ impl Readiness {
         })?;
         if full {
             for candidate in self.candidates.values_mut() {
-                candidate.writing = false;
+                if candidate.writer == Writer::Writing {
+                    candidate.writer = Writer::Unknown;
+                }
             }
         }
         for entry in entries.flatten() {
@@ -278,8 +272,11 @@ impl Readiness {
             // With no close seen, an empty file is someone's upload that has
             // not written yet; a file with content and no writer in sight is
             // complete (found by a scan, or created whole by a link).
-            let complete = candidate.closed
-                || (!candidate.writing && meta.size() > 0 && !held_open_for_writing(&path));
+            let complete = match candidate.writer {
+                Writer::Done => true,
+                Writer::Writing => false,
+                Writer::Unknown => meta.size() > 0 && !held_open_for_writing(&path),
+            };
             if complete {
                 ready.push(name.clone());
             }
