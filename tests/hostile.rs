@@ -141,14 +141,6 @@ fn run_until_reported(site: &Site, daemon: &Daemon, name: &str) -> (String, Valu
     (under, report, rss)
 }
 
-fn stop(mut daemon: Daemon) {
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean stop: {status:?}"
-    );
-}
-
 // ------------------------------------------------------------ hostile files
 
 #[test]
@@ -177,7 +169,7 @@ fn binary_garbage_is_quarantined_with_a_reason() {
         "the rejects say why, row by row"
     );
     good_file_is_still_served(&site, "g1");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 fn big_line_case(mb: u64) -> u64 {
@@ -222,7 +214,7 @@ fn big_line_case(mb: u64) -> u64 {
         "peak RSS {rss} KiB for a {mb} MB line: memory is not bounded"
     );
     good_file_is_still_served(&site, "g2");
-    stop(daemon);
+    daemon.stop_cleanly();
     rss
 }
 
@@ -266,7 +258,7 @@ fn invalid_utf8_under_utf8_encoding_rejects_those_rows_only() {
     assert_eq!(under, "failed", "{report}");
     assert_eq!(report["status"], "quarantined");
     good_file_is_still_served(&site, "g3");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -304,7 +296,7 @@ fn ten_thousand_columns_are_rejected_rows() {
     assert_eq!(under, "failed", "{report}");
     assert_eq!(report["rows_rejected"], 100);
     good_file_is_still_served(&site, "g4");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 /// Waits until the claimed copy of `name` is in processing/ (and, with
@@ -398,7 +390,7 @@ fn a_file_truncated_right_after_its_claim_ends_archived_or_failed() {
     );
     no_event_twice(&site);
     good_file_is_still_served(&site, "g5");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -426,7 +418,7 @@ fn regression_a_file_truncated_during_delivery_does_not_stay_in_processing() {
     );
     no_event_twice(&site);
     good_file_is_still_served(&site, "g6");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -460,7 +452,7 @@ fn regression_a_file_deleted_while_being_read_ends_failed_and_the_journal_settle
     );
     no_event_twice(&site);
     good_file_is_still_served(&site, "g7");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -490,7 +482,7 @@ fn a_name_with_a_newline_is_imported_and_reported() {
         .expect("status");
     assert!(listing.status.success());
     good_file_is_still_served(&site, "g8");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -513,7 +505,7 @@ fn regression_a_name_that_is_not_utf8_is_not_silently_ignored() {
         handled || said,
         "the file with a non-UTF-8 name is neither imported nor failed, and the log says nothing about it; log:\n{log}"
     );
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -541,7 +533,7 @@ fn hostile_files_at_scale() {
     assert_eq!(under, "failed", "{report}");
     assert!(rss < env_number("HOSTILE_RSS_MIB", 64) * 1024);
     good_file_is_still_served(&site, "g10");
-    stop(daemon);
+    daemon.stop_cleanly();
 }
 
 // ------------------------------------------------------------------ fuzzing
@@ -1163,5 +1155,5 @@ fn regression_a_long_file_name_is_imported() {
         site.log()
     );
     assert_eq!(site.outbox_events().len(), 10);
-    stop(daemon);
+    daemon.stop_cleanly();
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api_server::{ApiServer, ServerOptions};
+use api_server::{wait_until, ApiServer, ServerOptions};
 use consent_drop::config::{Credentials, HttpSinkSettings, SecretSource, SinkSettings};
 use consent_drop::sink::http::{check_credentials, HttpSink};
 use consent_drop::sink::{Ack, Batch, Delivery, DeliveryTarget, Sink, SinkError};
@@ -233,17 +233,6 @@ async fn deliver(server: &ApiServer, delivery: &mut Delivery, batches: Vec<Batch
 
 fn no_refusals(acks: &[Ack]) -> bool {
     acks.iter().all(|ack| ack.refused.is_empty())
-}
-
-async fn wait_until(timeout: Duration, condition: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
 }
 
 // -------------------------------------------------------------------- tests

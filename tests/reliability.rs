@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use api_server::{ApiServer, BackgroundApi, ServerOptions};
 use harness::{
-    api_key_credentials, env_number, http_sink, proof_rows, wait_until, Daemon, Site, XorShift,
-    IMPORT,
+    api_key_credentials, env_number, http_sink, proof_rows, wait_until, Site, XorShift, IMPORT,
 };
 
 /// A site whose sink is the test API, with an API key and a secret file.
@@ -414,14 +413,6 @@ fn outbox_ids(site: &Site) -> (usize, usize) {
     (events.len(), ids.len())
 }
 
-fn stop(mut daemon: Daemon) {
-    let status = daemon.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean stop: {status:?}"
-    );
-}
-
 /// The outbox fills the state's file system mid-import: a clear error, the
 /// journal intact, the file kept in processing/, nothing failed; once the
 /// space is back the import completes with every event once.
@@ -496,7 +487,7 @@ fn full_disk_during_delivery_keeps_the_file_and_completes_when_space_returns() {
     assert_eq!(ids, rows as usize, "each once");
     assert_journal_intact(&site);
     assert_journal_archived(&site, "pr-full.csv", rows);
-    stop(daemon);
+    daemon.stop_cleanly();
     drop(tmpfs);
 }
 
@@ -545,6 +536,6 @@ fn regression_full_disk_at_the_claim_then_space_returns_the_file_is_imported() {
     assert!(leftovers.is_empty(), "partial copies left: {leftovers:?}");
     let (events, ids) = outbox_ids(&site);
     assert_eq!((events, ids), (rows as usize, rows as usize));
-    stop(daemon);
+    daemon.stop_cleanly();
     drop(tmpfs);
 }

@@ -329,22 +329,21 @@ impl ApiServer {
 
     /// Polls until `count` distinct events are stored; false on timeout.
     pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, || self.event_count() >= count)
-            .await
+        wait_until(timeout, || self.event_count() >= count).await
     }
+}
 
-    /// Polls `condition` every 10 ms; false if it is still false after `timeout`.
-    pub async fn wait_until(&self, timeout: Duration, condition: impl Fn() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if condition() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+/// Polls `condition` every 10 ms; false if it is still false after `timeout`.
+pub async fn wait_until(timeout: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
