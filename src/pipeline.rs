@@ -263,19 +263,15 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
             },
         )?;
     }
-    let skip = if resuming {
-        occurrence.batches_acked
+    // Where the sink left off, when resuming.
+    let (skip, cursor) = if resuming {
+        (occurrence.batches_acked, occurrence.sink_cursor)
     } else {
-        0
+        (0, None)
     };
     ctx.counters
         .batches_planned
         .fetch_add(batches_total.saturating_sub(skip), Ordering::Relaxed);
-    let cursor = if resuming {
-        occurrence.sink_cursor
-    } else {
-        None
-    };
     let started = Instant::now();
     let delivered = deliver(
         ctx,
