@@ -141,8 +141,9 @@ impl TokenSource {
                     }
                     Err(err) => return Err(err),
                 };
-                let renew_at = renew_at(session.exp, SystemTime::now(), Instant::now());
-                let expires_at = expires_at(session.exp, SystemTime::now(), Instant::now());
+                let (now, now_instant) = (SystemTime::now(), Instant::now());
+                let renew_at = renew_at(session.exp, now, now_instant);
+                let expires_at = expires_at(session.exp, now, now_instant);
                 if session.exp.is_some() && renew_at.is_none() {
                     tracing::warn!(
                         api_key = %key,
@@ -361,13 +362,9 @@ pub(super) fn jwt_exp(token: &str) -> Option<i64> {
 /// When to open the next session: 60 s, or a tenth of the lifetime if
 /// shorter, before `exp`. `None` when there is no `exp` or it has passed.
 pub(super) fn renew_at(exp: Option<i64>, now: SystemTime, now_instant: Instant) -> Option<Instant> {
-    let now_unix = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    let lifetime = exp? as f64 - now_unix;
-    if lifetime <= 0.0 {
-        return None;
-    }
-    let margin = (lifetime / 10.0).min(60.0);
-    Some(now_instant + Duration::from_secs_f64(lifetime - margin))
+    let expires = expires_at(exp, now, now_instant)?;
+    let lifetime = expires - now_instant;
+    Some(expires - (lifetime / 10).min(Duration::from_secs(60)))
 }
 
 /// The instant of `exp` by this machine's clock (`None` if passed or absent).
