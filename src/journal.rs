@@ -335,20 +335,16 @@ impl Journal {
     }
 
     pub fn refusals(&self, id: &str) -> Result<Vec<Refusal>, JournalError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT line, message FROM refusals WHERE occurrence_id = ?1 ORDER BY line")
-            .map_err(|e| self.fail(e))?;
-        let rows = statement
-            .query_map(params![id], |row| {
+        self.query(
+            "SELECT line, message FROM refusals WHERE occurrence_id = ?1 ORDER BY line",
+            params![id],
+            |row| {
                 Ok(Refusal {
                     line: row.get::<_, i64>(0)? as u64,
                     message: row.get(1)?,
                 })
-            })
-            .map_err(|e| self.fail(e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.fail(e))
+            },
+        )
     }
 
     fn select(
@@ -356,12 +352,22 @@ impl Journal {
         tail: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Occurrence>, JournalError> {
-        let mut statement = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM occurrences {tail}"))
-            .map_err(|e| self.fail(e))?;
+        self.query(
+            &format!("SELECT {COLUMNS} FROM occurrences {tail}"),
+            params,
+            read_occurrence,
+        )
+    }
+
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, JournalError> {
+        let mut statement = self.conn.prepare(sql).map_err(|e| self.fail(e))?;
         let rows = statement
-            .query_map(params, read_occurrence)
+            .query_map(params, read)
             .map_err(|e| self.fail(e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.fail(e))
