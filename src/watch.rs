@@ -70,10 +70,16 @@ pub fn start(
 }
 
 fn watch_error(dir: &Path, err: notify::Error) -> WatchError {
-    let message = match &err.kind {
-        notify::ErrorKind::MaxFilesWatch => "the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`".to_string(),
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => "the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`".to_string(),
-        _ => err.to_string(),
+    let limit_reached = match &err.kind {
+        notify::ErrorKind::MaxFilesWatch => true,
+        // inotify_add_watch says ENOSPC for the same limit.
+        notify::ErrorKind::Io(io) => io.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    };
+    let message = if limit_reached {
+        "the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`".to_string()
+    } else {
+        err.to_string()
     };
     WatchError::Watch {
         path: dir.to_path_buf(),
