@@ -50,6 +50,7 @@ dir = "$work/state"
 [sink]
 kind = "file"
 dir = "$work/outbox"
+organization_id = "bench"
 batch_size = 100
 $(imports)
 TOML

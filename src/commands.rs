@@ -159,11 +159,12 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
     for import in &config.imports {
         writeln!(
             out,
-            "  import {:?}: files matching /{}/, dates {:?} in {}",
+            "  import {:?}: files matching /{}/, dates {:?} in {}, organization {}",
             import.name,
             import.pattern.as_str(),
             import.format.date_format.pattern(),
-            import.format.timezone
+            import.format.timezone,
+            import.organization().unwrap_or("-")
         )
         .map_err(stdout_error)?;
     }
@@ -455,25 +456,52 @@ pub fn status(
     }
     let journal = Journal::open(&config.state_dir)?;
     let recent = journal.recent(limit)?;
+    // The organization of an occurrence is its import's, as configured now.
+    let organization = |import: &str| {
+        config
+            .import_named(import)
+            .and_then(|import| import.organization())
+            .unwrap_or("-")
+            .to_string()
+    };
     if json {
-        let text = serde_json::to_string_pretty(&recent)
+        let mut rows = serde_json::to_value(&recent)
+            .map_err(|err| stdout_error(std::io::Error::other(err)))?;
+        if let Some(rows) = rows.as_array_mut() {
+            for row in rows.iter_mut() {
+                let import = row.get("import").and_then(|v| v.as_str()).unwrap_or("");
+                let org = organization(import);
+                if let Some(object) = row.as_object_mut() {
+                    object.insert("organization_id".into(), org.into());
+                }
+            }
+        }
+        let text = serde_json::to_string_pretty(&rows)
             .map_err(|err| stdout_error(std::io::Error::other(err)))?;
         writeln!(out, "{text}").map_err(stdout_error)?;
         return Ok(Exit::Success);
     }
     writeln!(
         out,
-        "{:<36}  {:<20}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  file",
-        "occurrence", "import", "status", "accepted", "rejected", "refused", "claimed at"
+        "{:<36}  {:<20}  {:<16}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  file",
+        "occurrence",
+        "import",
+        "organization",
+        "status",
+        "accepted",
+        "rejected",
+        "refused",
+        "claimed at"
     )
     .map_err(stdout_error)?;
     for occurrence in recent {
         let count = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  {}",
+            "{:<36}  {:<20}  {:<16}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  {}",
             occurrence.id,
             occurrence.import,
+            organization(&occurrence.import),
             occurrence.status.as_str(),
             count(occurrence.rows_accepted),
             count(occurrence.rows_rejected),

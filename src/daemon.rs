@@ -305,6 +305,7 @@ fn log_report(report: &pipeline::Report) {
     match report.status {
         Verdict::Archived | Verdict::Duplicate => tracing::info!(
             occurrence = %report.occurrence_id, import = %report.import, file = %report.file_name,
+            organization = report.organization_id.as_deref().unwrap_or("-"),
             status = ?report.status, accepted = report.rows_accepted, rejected = report.rows_rejected,
             refused = report.rows_refused, delivered = report.rows_delivered, reason,
             "file done"

@@ -66,6 +66,8 @@ fn event_id_name(name: &mut Vec<u8>, import: &str, row: &Row<'_>) {
 pub struct EventWriter {
     import: String,
     user_metadata_json: Option<Vec<u8>>,
+    /// `,"organization_id":…` (empty when the import has no organization).
+    organization_json: Vec<u8>,
     /// `,"import":…,"source_file":…,"source_sha256":…,"source_line":`
     source_json: Vec<u8>,
     attach_row_proof: bool,
@@ -98,9 +100,15 @@ impl EventWriter {
         source_json.extend_from_slice(b",\"source_sha256\":");
         write_json_str(&mut source_json, source_sha256);
         source_json.extend_from_slice(b",\"source_line\":");
+        let mut organization_json = Vec::new();
+        if let Some(organization) = import.organization() {
+            organization_json.extend_from_slice(b",\"organization_id\":");
+            write_json_str(&mut organization_json, organization);
+        }
         EventWriter {
             import: import.name.clone(),
             user_metadata_json,
+            organization_json,
             source_json,
             attach_row_proof: import.attach_row_proof,
             id_name: Vec::with_capacity(256),
@@ -116,7 +124,9 @@ impl EventWriter {
         out.extend_from_slice(b"{\"id\":\"");
         let mut id_text = Uuid::encode_buffer();
         out.extend_from_slice(id.hyphenated().encode_lower(&mut id_text).as_bytes());
-        out.extend_from_slice(b"\",\"created_at\":\"");
+        out.push(b'"');
+        out.extend_from_slice(&self.organization_json);
+        out.extend_from_slice(b",\"created_at\":\"");
         write_rfc3339_utc(out, row);
         out.extend_from_slice(b"\",\"user\":{\"organization_user_id\":");
         write_json_str(out, row.email);
@@ -276,14 +286,16 @@ mod tests {
 
     #[test]
     fn event_has_the_spec_shape() {
-        let import =
-            import("attach_row_proof = true\n[import.user_metadata]\nsource = \"partner-x\"");
+        let import = import(
+            "attach_row_proof = true\norganization_id = \"org-x\"\n[import.user_metadata]\nsource = \"partner-x\"",
+        );
         let mut writer = EventWriter::new(&import, "pr-1.csv", "abc123");
         let mut out = Vec::new();
         let the_row = row("jane@example.com", "203.0.113.7", b"jane@example.com;x");
         let id = writer.write(&the_row, &mut out);
         let event: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(event["id"], id.to_string());
+        assert_eq!(event["organization_id"], "org-x");
         assert_eq!(event["created_at"], "2020-06-03T21:28:55Z");
         assert_eq!(event["user"]["organization_user_id"], "jane@example.com");
         assert_eq!(event["user"]["metadata"]["source"], "partner-x");
@@ -321,6 +333,10 @@ mod tests {
         writer.write(&row("a@b.co", "x", b"raw"), &mut out);
         let event: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert!(event.get("proofs").is_none());
+        assert!(
+            event.get("organization_id").is_none(),
+            "no organization named"
+        );
         assert!(event["user"].get("metadata").is_none());
     }
 

@@ -110,6 +110,9 @@ pub enum Verdict {
 pub struct Report {
     pub occurrence_id: String,
     pub import: String,
+    /// The organization the events went to (the import's, else the sink's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
     pub file_name: String,
     pub sha256: Option<String>,
     pub size: Option<u64>,
@@ -149,6 +152,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
     let mut report = Report {
         occurrence_id: occurrence.id.clone(),
         import: work.import.name.clone(),
+        organization_id: work.import.organization().map(str::to_string),
         file_name: occurrence.file_name.clone(),
         sha256: None,
         size: None,
@@ -286,6 +290,7 @@ pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError
                 occurrence_id: occurrence.id.clone(),
                 import: work.import.name.clone(),
                 disable_integrations: work.import.disable_integrations,
+                organization_id: work.import.organization().map(str::to_string),
                 output_stem,
             },
         },

@@ -28,6 +28,7 @@ fn event(test: &str, line: u64, user: &str) -> (String, String) {
     let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{test}:{line}").as_bytes()).to_string();
     let json = serde_json::json!({
         "id": id,
+        "organization_id": "acme/eu 1",
         "created_at": "2020-06-03T21:28:55Z",
         "user": {
             "organization_user_id": user,
@@ -174,6 +175,7 @@ fn target(import: &str, disable_integrations: bool) -> DeliveryTarget {
         occurrence_id: format!("occ-{import}"),
         import: import.to_string(),
         disable_integrations,
+        organization_id: None,
         output_stem: format!("stem-{import}"),
     }
 }

@@ -63,7 +63,11 @@ impl Checker<'_> {
         }
         let mut imports: Vec<Arc<Import>> = Vec::new();
         for (index, raw_import) in raw.imports.into_iter().enumerate() {
-            let import = self.import(raw_import, index)?;
+            let mut import = self.import(raw_import, index)?;
+            import.effective_organization = import
+                .organization_id
+                .clone()
+                .or_else(|| sink.organization_id().map(str::to_string));
             if imports.iter().any(|other| other.name == import.name) {
                 return Err(self.fail(
                     &format!("import[{index}].name"),
@@ -131,9 +135,17 @@ impl Checker<'_> {
     }
 
     fn file_sink(&self, raw: RawFileSink) -> Result<SinkSettings, ConfigError> {
+        if raw
+            .organization_id
+            .as_ref()
+            .is_some_and(|org| org.trim().is_empty())
+        {
+            return Err(self.fail("sink.organization_id", "is empty"));
+        }
         Ok(SinkSettings::File(FileSinkSettings {
             dir: self.resolve(&raw.dir),
             batch_size: self.batch_size(raw.batch_size)?,
+            organization_id: raw.organization_id,
         }))
     }
 
@@ -319,6 +331,13 @@ impl Checker<'_> {
             }
             subscriptions.insert(number, purpose.clone());
         }
+        if raw
+            .organization_id
+            .as_ref()
+            .is_some_and(|org| org.trim().is_empty())
+        {
+            return Err(fail("organization_id", "is empty".into()));
+        }
         Ok(Import {
             name: name.clone(),
             pattern,
@@ -339,6 +358,8 @@ impl Checker<'_> {
             max_reject_ratio: raw.max_reject_ratio,
             attach_row_proof: raw.attach_row_proof,
             user_metadata: raw.user_metadata,
+            organization_id: raw.organization_id,
+            effective_organization: None,
         })
     }
 }

@@ -80,6 +80,8 @@ pub(super) struct RawFileSink {
     /// Events per file batch, at most 100.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Written into every event when set (optional for the file sink).
+    pub organization_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +89,7 @@ pub(super) struct RawFileSink {
 pub(super) struct RawHttpSink {
     /// The API's base URL, e.g. `https://api.example.com/v1`.
     pub base_url: String,
-    /// The organization the events belong to.
+    /// The organization the events belong to (an import may name another).
     pub organization_id: String,
     /// The private API key; the secret comes from `secret_file` or `secret_env`.
     pub api_key: Option<String>,
@@ -183,6 +185,8 @@ pub(super) struct RawImport {
     /// Subscription id → purpose id.
     #[serde(default)]
     pub subscriptions: BTreeMap<String, String>,
+    /// The organization this import's events go to, overriding `[sink] organization_id`.
+    pub organization_id: Option<String>,
 }
 
 fn default_settle_ms() -> u64 {

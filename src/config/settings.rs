@@ -55,12 +55,22 @@ impl SinkSettings {
             SinkSettings::Http(http) => http.batch_size,
         }
     }
+
+    /// `[sink] organization_id` (always set for the http sink).
+    pub fn organization_id(&self) -> Option<&str> {
+        match self {
+            SinkSettings::File(file) => file.organization_id.as_deref(),
+            SinkSettings::Http(http) => Some(&http.organization_id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSinkSettings {
     pub dir: PathBuf,
     pub batch_size: usize,
+    /// Written into the events when set.
+    pub organization_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +139,20 @@ pub struct Import {
     pub max_reject_ratio: f64,
     pub attach_row_proof: bool,
     pub user_metadata: BTreeMap<String, String>,
+    /// `organization_id` as the import names it (overrides the sink's).
+    pub organization_id: Option<String>,
+    /// Its own organization, else the sink's: see [`Import::organization`].
+    pub(super) effective_organization: Option<String>,
+}
+
+impl Import {
+    /// The organization this import's events belong to: its own
+    /// `organization_id`, else the sink's. None only with a file sink that
+    /// names no organization. Events of different organizations never share
+    /// a request.
+    pub fn organization(&self) -> Option<&str> {
+        self.effective_organization.as_deref()
+    }
 }
 
 /// Which import a file name belongs to.

@@ -308,3 +308,36 @@ fn a_missing_table_or_key_is_named() {
         parse(&MINIMAL.replace("default_purpose = \"email_global\"", "")).expect_err("purpose");
     assert_eq!(err.key, "import[0].default_purpose", "{err}");
 }
+
+#[test]
+fn an_import_organization_overrides_the_sinks() {
+    let http = MINIMAL.replace(
+        "kind = \"file\"\ndir = \"out\"",
+        "kind = \"http\"\nbase_url = \"https://api.test\"\norganization_id = \"org-a\"\ntoken_env = \"T\"",
+    );
+    let two = format!(
+        "{http}\n[[import]]\nname = \"other\"\npattern = \"^o-.*$\"\n\
+         date_format = \"dd/MM/yyyy HH:mm:ss\"\ndefault_purpose = \"p\"\norganization_id = \"org-b\"\n"
+    );
+    let config = parse(&two).expect("valid");
+    assert_eq!(config.imports[0].organization_id, None);
+    assert_eq!(config.imports[0].organization(), Some("org-a"));
+    assert_eq!(config.imports[1].organization(), Some("org-b"));
+    // The file sink: an organization only where one is named.
+    let config = parse(MINIMAL).expect("valid");
+    assert_eq!(config.imports[0].organization(), None);
+    let named = MINIMAL.replace(
+        "dir = \"out\"",
+        "dir = \"out\"\norganization_id = \"org-f\"",
+    );
+    let config = parse(&named).expect("valid");
+    assert_eq!(config.imports[0].organization(), Some("org-f"));
+    let empty = MINIMAL.replace(
+        "default_purpose",
+        "organization_id = \" \"\ndefault_purpose",
+    );
+    assert!(parse(&empty)
+        .expect_err("empty")
+        .key
+        .ends_with(".organization_id"));
+}

@@ -164,6 +164,7 @@ mod tests {
             occurrence_id: "occ".into(),
             import: "news".into(),
             disable_integrations: false,
+            organization_id: None,
             output_stem: "20260101T000000Z_news_occ".into(),
         }
     }
@@ -172,6 +173,7 @@ mod tests {
     fn batches_become_ndjson_and_the_file_is_renamed_when_complete() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
+            organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 2,
         });
@@ -198,6 +200,7 @@ mod tests {
     fn resume_cuts_what_came_after_the_last_ack() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
+            organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 1,
         });
@@ -223,6 +226,7 @@ mod tests {
     fn no_accepted_rows_leave_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
+            organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 1,
         });

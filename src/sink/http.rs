@@ -64,8 +64,6 @@ struct Shared {
     permits: Semaphore,
     gate: Gate,
     tokens: TokenSource,
-    /// `{base_url}/consents/events?organization_id=…`
-    events_url: reqwest::Url,
     /// `api key k`, `token file …`, `token env …`: what the API may refuse.
     who: String,
 }
@@ -90,7 +88,8 @@ impl HttpSink {
         shutdown: CancellationToken,
     ) -> Result<HttpSink, SinkError> {
         let client = build_client(&settings)?;
-        let events_url = events_url(&settings.base_url, &settings.organization_id)?;
+        // A base_url that makes no URL is refused now, not at the first file.
+        events_url(&settings.base_url, &settings.organization_id)?;
         let who = who(&settings.credentials);
         let gate = Gate::new(
             settings.base_url.clone(),
@@ -107,23 +106,29 @@ impl HttpSink {
                 shutdown,
                 gate,
                 tokens,
-                events_url,
                 who,
             }),
         })
     }
 
-    /// Starts the delivery of one occurrence.
-    pub fn open(&self, target: &DeliveryTarget) -> HttpDelivery {
-        let mut url = self.shared.events_url.clone();
+    /// Starts the delivery of one occurrence, to the target's organization
+    /// (or the sink's).
+    pub fn open(&self, target: &DeliveryTarget) -> Result<HttpDelivery, SinkError> {
+        let settings = &self.shared.settings;
+        let organization = target
+            .organization_id
+            .clone()
+            .unwrap_or_else(|| settings.organization_id.clone());
+        let mut url = events_url(&settings.base_url, &organization)?;
         if target.disable_integrations {
             let query = format!("{}&$disable_integrations=true", url.query().unwrap_or(""));
             url.set_query(Some(&query));
         }
-        HttpDelivery {
+        Ok(HttpDelivery {
             shared: self.shared.clone(),
             target: Arc::new(Target {
                 url,
+                organization,
                 import: target.import.clone(),
                 occurrence: target.occurrence_id.clone(),
             }),
@@ -132,7 +137,7 @@ impl HttpSink {
             pending: VecDeque::new(),
             ready: Vec::new(),
             interrupted: false,
-        }
+        })
     }
 
     /// SIGHUP: read the secret or token again before the next request, and
@@ -290,6 +295,7 @@ struct Pending {
 
 struct Target {
     url: reqwest::Url,
+    organization: String,
     import: String,
     occurrence: String,
 }
@@ -759,11 +765,12 @@ async fn post_once(shared: &Shared, target: &Target, body: &Payload, token: &str
     }
     let text = response.text().await.unwrap_or_default();
     let message = api_message(&session::scrub(&text, &[token]));
-    classify(shared, status, retry_after, message)
+    classify(shared, target, status, retry_after, message)
 }
 
 fn classify(
     shared: &Shared,
+    target: &Target,
     status: StatusCode,
     retry_after: Option<Duration>,
     message: String,
@@ -776,7 +783,7 @@ fn classify(
             problem: format!("the API forbids it to {} (403: {message})", shared.who),
             fix: format!(
                 "check that {} may write consent events for organization {:?}",
-                shared.who, shared.settings.organization_id
+                shared.who, target.organization
             ),
         },
         408 | 500..=599 => Answer::Failed {
@@ -903,9 +910,10 @@ mod tests {
             occurrence_id: "o".into(),
             import: "i".into(),
             disable_integrations: true,
+            organization_id: None,
             output_stem: "s".into(),
         };
-        let delivery = sink.open(&target);
+        let delivery = sink.open(&target).expect("delivery");
         assert_eq!(
             delivery.target.url.as_str(),
             "https://api.test/v1/consents/events?organization_id=my%20org%2F%C3%A9&$disable_integrations=true"

@@ -22,6 +22,9 @@ pub struct DeliveryTarget {
     pub import: String,
     /// Adds `$disable_integrations=true` to the API requests.
     pub disable_integrations: bool,
+    /// The import's effective organization (`?organization_id=` of the API
+    /// requests); None: the sink's.
+    pub organization_id: Option<String>,
     /// File-sink output name stem, e.g. `20261123T145500Z_newsletter-proofs_<occurrence>`.
     pub output_stem: String,
 }
@@ -140,7 +143,7 @@ impl Sink {
     ) -> Result<Delivery, SinkError> {
         Ok(match self {
             Sink::File(sink) => Delivery::File(sink.open(target, resume_cursor)?),
-            Sink::Http(sink) => Delivery::Http(sink.open(target)),
+            Sink::Http(sink) => Delivery::Http(sink.open(target)?),
         })
     }
 

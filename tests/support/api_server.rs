@@ -5,10 +5,19 @@
 //! token with an `exp`; `POST /consents/events?organization_id=…` checks the
 //! bearer token, takes the body as it is or gunzipped (`Content-Encoding:
 //! gzip`), validates the events (a JSON array of 1..=100, each with a
-//! UUID `id`, an RFC 3339 `created_at`, `user.organization_user_id`,
-//! `consents.purposes` and `metadata`), stores each id once, and answers
-//! `{"imported": n}`. A request with any invalid or refused event is answered
-//! as a whole (400 / 422) and stores nothing, like the real API.
+//! UUID `id`, the query's `organization_id`, an RFC 3339 `created_at`,
+//! `user.organization_user_id`, `consents.purposes` and `metadata`), stores
+//! each id once, and answers `{"imported": n}`. A request with any invalid or
+//! refused event is answered as a whole (400 / 422) and stores nothing, like
+//! the real API.
+//!
+//! Like an API v2 organization, it can hold a list of purposes
+//! ([`ServerOptions::purposes`]): `GET /metadata/purposes` serves it in pages
+//! (`$limit`, `$skip`, at most [`ServerOptions::purposes_page_limit`] a
+//! page) and events with any other purpose id are refused (400). And it can
+//! enforce a rate limit ([`ApiServer::set_rate_limit`]): a fixed window of N
+//! requests, announced (or not) by `RateLimit` / `RateLimit-Policy` headers
+//! on every answer, 429 with `Retry-After` beyond it.
 //!
 //! Faults are switched on by the test: 503s at a deterministic ratio, bursts
 //! of 429 with `Retry-After`, slow answers, dropped connections, revoked
@@ -28,7 +37,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -52,6 +61,12 @@ pub struct ServerOptions {
     pub seed: u64,
     /// Events whose `user.organization_user_id` contains this are refused (422).
     pub refuse_marker: String,
+    /// The purposes of every organization (API v2): listed by
+    /// `/metadata/purposes`, and events with another purpose are refused.
+    /// `None`: any purpose is taken and the list is empty.
+    pub purposes: Option<Vec<String>>,
+    /// The most purposes one page of `/metadata/purposes` holds.
+    pub purposes_page_limit: usize,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +80,8 @@ impl Default for ServerOptions {
             organization_id: None,
             seed: 0x5eed,
             refuse_marker: "+refuse".into(),
+            purposes: None,
+            purposes_page_limit: 100,
         }
     }
 }
@@ -136,6 +153,26 @@ struct Inner {
     forbidden: bool,
     in_flight: u64,
     max_in_flight: u64,
+    purposes: Option<Vec<String>>,
+    purposes_page_limit: usize,
+    /// `GET /metadata/purposes` requests, in order (raw query strings).
+    purpose_queries: Vec<String>,
+    /// The organizations named by the events of each accepted request.
+    request_organizations: Vec<Vec<String>>,
+    window: Option<Window>,
+    /// Requests answered 429 because the rate-limit window was exceeded.
+    rate_limited: u64,
+}
+
+/// A fixed rate-limit window: `limit` requests per `length`, starting at
+/// the first request after the previous window ended.
+#[derive(Debug, Clone)]
+struct Window {
+    limit: u64,
+    length: Duration,
+    announce: bool,
+    started: Option<Instant>,
+    used: u64,
 }
 
 impl Shared {
@@ -177,6 +214,8 @@ impl ApiServer {
             token_lifetime_s: options.token_lifetime_s,
             organization_id: options.organization_id,
             refuse_marker: options.refuse_marker,
+            purposes: options.purposes,
+            purposes_page_limit: options.purposes_page_limit.max(1),
             static_tokens: options.static_tokens.into_iter().collect(),
             rng: options.seed,
             ..Inner::default()
@@ -187,6 +226,7 @@ impl ApiServer {
         let app = Router::new()
             .route("/sessions", post(open_session))
             .route("/consents/events", post(post_events))
+            .route("/metadata/purposes", get(get_purposes))
             .with_state(state.clone());
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
@@ -281,6 +321,40 @@ impl ApiServer {
 
     pub fn max_in_flight(&self) -> u64 {
         self.state.lock().max_in_flight
+    }
+
+    /// Query strings of the `GET /metadata/purposes` requests, in order.
+    pub fn purpose_queries(&self) -> Vec<String> {
+        self.state.lock().purpose_queries.clone()
+    }
+
+    /// For each accepted event POST, the `organization_id` of its events.
+    pub fn request_organizations(&self) -> Vec<Vec<String>> {
+        self.state.lock().request_organizations.clone()
+    }
+
+    /// Event POSTs answered 429 because the rate-limit window was exceeded.
+    pub fn rate_limited(&self) -> u64 {
+        self.state.lock().rate_limited
+    }
+
+    /// At most `limit` event POSTs per `window` (a fixed window, from the
+    /// first request after the last one ended); beyond, 429 with
+    /// `Retry-After`. With `announce`, every answer carries `RateLimit:
+    /// limit=N, remaining=R, reset=S` and `RateLimit-Policy: N;w=W`.
+    pub fn set_rate_limit(&self, limit: u64, window: Duration, announce: bool) {
+        self.state.lock().window = Some(Window {
+            limit,
+            length: window,
+            announce,
+            started: None,
+            used: 0,
+        });
+    }
+
+    /// Replaces the purposes of every organization.
+    pub fn set_purposes(&self, purposes: Option<Vec<String>>) {
+        self.state.lock().purposes = purposes;
     }
 
     /// Answers this share (0.0..=1.0) of event POSTs with 503.
@@ -438,6 +512,117 @@ fn dropped_connection() -> Response {
     Response::new(Body::from_stream(stream))
 }
 
+/// The window's verdict on one more request: `Err` is the 429 answer;
+/// `Ok` holds the headers every answer carries (none when not announced).
+fn count_in_window(inner: &mut Inner) -> Result<Vec<(&'static str, String)>, Box<Response>> {
+    let Some(window) = &mut inner.window else {
+        return Ok(Vec::new());
+    };
+    let now = Instant::now();
+    let started = match window.started {
+        Some(started) if now < started + window.length => started,
+        _ => {
+            window.started = Some(now);
+            window.used = 0;
+            now
+        }
+    };
+    window.used += 1;
+    let left = (started + window.length).saturating_duration_since(now);
+    // Whole seconds, rounded up: the client never believes it ends earlier.
+    let reset = left.as_millis().div_ceil(1000).max(1);
+    let remaining = window.limit.saturating_sub(window.used);
+    let headers = if window.announce {
+        vec![
+            (
+                "ratelimit",
+                format!(
+                    "limit={}, remaining={remaining}, reset={reset}",
+                    window.limit
+                ),
+            ),
+            (
+                "ratelimit-policy",
+                format!("{};w={}", window.limit, window.length.as_secs().max(1)),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    if window.used <= window.limit {
+        return Ok(headers);
+    }
+    inner.rate_limited += 1;
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    with_headers(&mut response, &headers);
+    if let Ok(value) = reset.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Err(Box::new(response))
+}
+
+fn with_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(value) = header::HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
+    }
+}
+
+/// Whether the request's bearer token is one the server issued or knows.
+fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
+    let token = header_text(headers, header::AUTHORIZATION)
+        .strip_prefix("Bearer ")
+        .unwrap_or("");
+    inner.static_tokens.contains(token)
+        || inner.issued.get(token).is_some_and(|exp| unix_now() < *exp)
+}
+
+/// `GET /metadata/purposes?organization_id=…&$limit=…&$skip=…`, paginated.
+async fn get_purposes(
+    State(state): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let mut inner = state.lock();
+    inner.purpose_queries.push(query.clone());
+    if inner.forbidden {
+        return error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    if !authorized(&inner, &headers) {
+        inner.unauthorized += 1;
+        return error(StatusCode::UNAUTHORIZED, "invalid or expired access token");
+    }
+    let params = form_pairs(&query);
+    if params.get("organization_id").is_none_or(String::is_empty) {
+        return error(StatusCode::BAD_REQUEST, "organization_id is required");
+    }
+    let number = |key: &str, default: usize| -> Result<usize, String> {
+        match params.get(key) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("{key} must be a number, not {text:?}")),
+        }
+    };
+    let (limit, skip) = match (number("$limit", 10), number("$skip", 0)) {
+        (Ok(limit), Ok(skip)) => (limit.min(inner.purposes_page_limit), skip),
+        (Err(message), _) | (_, Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let all = inner.purposes.clone().unwrap_or_default();
+    let data: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|id| json!({ "id": id, "description": { "en": format!("purpose {id}") } }))
+        .collect();
+    answer(
+        StatusCode::OK,
+        json!({ "total": all.len(), "limit": limit, "skip": skip, "data": data }),
+    )
+}
+
 async fn post_events(
     State(state): State<Arc<Shared>>,
     RawQuery(query): RawQuery,
@@ -445,6 +630,23 @@ async fn post_events(
     body: Bytes,
 ) -> Response {
     let _in_flight = InFlight::enter(&state);
+    let window = count_in_window(&mut state.lock());
+    match window {
+        Err(too_many) => *too_many,
+        Ok(rate_headers) => {
+            let mut response = handle_events(&state, query, headers, body).await;
+            with_headers(&mut response, &rate_headers);
+            response
+        }
+    }
+}
+
+async fn handle_events(
+    state: &Arc<Shared>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let query = query.unwrap_or_default();
     let delay = {
         let mut inner = state.lock();
@@ -471,12 +673,7 @@ async fn post_events(
             "this key may not write consent events",
         );
     }
-    let token = header_text(&headers, header::AUTHORIZATION)
-        .strip_prefix("Bearer ")
-        .unwrap_or("");
-    let known = inner.static_tokens.contains(token)
-        || inner.issued.get(token).is_some_and(|exp| unix_now() < *exp);
-    if !known {
+    if !authorized(&inner, &headers) {
         inner.unauthorized += 1;
         return error(StatusCode::UNAUTHORIZED, "invalid or expired access token");
     }
@@ -514,6 +711,11 @@ async fn post_events(
     }
 
     let marker = inner.refuse_marker.clone();
+    let org = org.clone();
+    let purposes: Option<HashSet<String>> = inner
+        .purposes
+        .as_ref()
+        .map(|list| list.iter().cloned().collect());
     // Decoding and validating take most of a request's time: outside the
     // lock, so concurrent requests use every core, as a real API would.
     drop(inner);
@@ -521,7 +723,7 @@ async fn post_events(
         Ok(body) => body,
         Err((status, message)) => return error(status, message),
     };
-    let events = match validate(&body) {
+    let events = match validate(&body, &org, purposes.as_ref()) {
         Ok(events) => events,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -553,6 +755,9 @@ async fn post_events(
         })
         .collect();
     let mut inner = state.lock();
+    inner
+        .request_organizations
+        .push(events.iter().map(|_| org.clone()).collect());
     for (id, event) in stored {
         if inner.ids.insert(id) {
             inner.events.push(event);
@@ -634,8 +839,13 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The API's schema: a JSON array of 1..=100 events.
-fn validate(body: &[u8]) -> Result<Vec<Value>, String> {
+/// The API's schema: a JSON array of 1..=100 events of organization `org`
+/// (and, for an API v2 organization, of its `purposes`).
+fn validate(
+    body: &[u8],
+    org: &str,
+    purposes: Option<&HashSet<String>>,
+) -> Result<Vec<Value>, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|err| format!("body is not JSON: {err}"))?;
     let Value::Array(events) = value else {
@@ -648,16 +858,30 @@ fn validate(body: &[u8]) -> Result<Vec<Value>, String> {
         ));
     }
     for (index, event) in events.iter().enumerate() {
-        validate_event(event).map_err(|problem| format!("events[{index}]{problem}"))?;
+        validate_event(event, org, purposes)
+            .map_err(|problem| format!("events[{index}]{problem}"))?;
     }
     Ok(events)
 }
 
-fn validate_event(event: &Value) -> Result<(), String> {
+fn validate_event(
+    event: &Value,
+    org: &str,
+    known_purposes: Option<&HashSet<String>>,
+) -> Result<(), String> {
     let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
     let id = text("/id").ok_or(".id: missing or not a string")?;
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(format!(".id: {id:?} is not a UUID"));
+    }
+    match text("/organization_id") {
+        None => return Err(".organization_id: missing or not a string".into()),
+        Some(own) if own != org => {
+            return Err(format!(
+                ".organization_id: {own:?} is not the organization of the request ({org:?})"
+            ))
+        }
+        Some(_) => {}
     }
     let created = text("/created_at").ok_or(".created_at: missing or not a string")?;
     if chrono::DateTime::parse_from_rfc3339(created).is_err() {
@@ -680,12 +904,17 @@ fn validate_event(event: &Value) -> Result<(), String> {
         return Err(".consents.purposes: is empty".into());
     }
     for (index, purpose) in purposes.iter().enumerate() {
-        if purpose
+        let Some(purpose_id) = purpose
             .get("id")
             .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
+            .filter(|id| !id.is_empty())
+        else {
             return Err(format!(".consents.purposes[{index}].id: missing or empty"));
+        };
+        if known_purposes.is_some_and(|known| !known.contains(purpose_id)) {
+            return Err(format!(
+                ".consents.purposes[{index}].id: {purpose_id:?} is not a purpose of organization {org:?}"
+            ));
         }
         if purpose.get("enabled").and_then(Value::as_bool).is_none() {
             return Err(format!(
