@@ -17,8 +17,9 @@ use crate::claim::{self, StateDirs};
 use crate::config::{self, Config, ConfigError, Import, ImportMatch, SinkSettings};
 use crate::event::EventWriter;
 use crate::journal::{Journal, JournalError};
+use crate::metrics::{Counters, Metrics};
 use crate::parse::Record;
-use crate::pipeline::{self, Context, Counters, PipelineError, Verdict, Work};
+use crate::pipeline::{self, Context, PipelineError, Verdict, Work};
 use crate::sink::{Sink, SinkError};
 
 /// Exit codes of SPEC §5.
@@ -347,14 +348,16 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
     let runtime = runtime()?;
     let shutdown = CancellationToken::new();
     let report = runtime.block_on(async {
-        let sink = Sink::from_settings(&config.sink, shutdown.clone())?;
+        let counters = Arc::new(Counters::default());
+        let metrics = Metrics::new(counters.clone());
+        let sink = Sink::from_settings(&config.sink, shutdown.clone(), metrics)?;
         let ctx = Context {
             dirs,
             journal: Arc::new(Mutex::new(journal)),
             sink,
             batch_size: config.sink.batch_size(),
             shutdown: shutdown.clone(),
-            counters: Arc::new(Counters::default()),
+            counters,
         };
         let on_interrupt = shutdown.clone();
         tokio::spawn(async move {

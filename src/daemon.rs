@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::claim::{self, StateDirs};
 use crate::config::{Config, ImportMatch};
 use crate::journal::{Journal, Status};
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, Context, Counters, PipelineError, Verdict, Work};
 use crate::sink::Sink;
 use crate::watch::{self, Hint, Readiness};
@@ -68,14 +68,18 @@ pub async fn run(
     let dirs = StateDirs::create(&config.state_dir)?;
     let journal = Arc::new(Mutex::new(Journal::open(&dirs.root)?));
     let counters = Arc::new(Counters::default());
+    let metrics = Metrics::new(counters.clone());
     // Bound before any work, so that a taken address stops the start.
     let _metrics_server = match &config.metrics_listen {
         Some(listen) => {
             let listener = metrics::bind(listen).await?;
-            tracing::info!(listen = %listen, "metrics on /metrics and /healthz");
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| listen.clone(), |address| address.to_string());
+            tracing::info!(listen = %bound, "metrics on /metrics and /healthz");
             Some(metrics::serve(
                 listener,
-                counters.clone(),
+                metrics.clone(),
                 controls.shutdown.clone(),
             ))
         }
@@ -84,7 +88,7 @@ pub async fn run(
     let mut ctx = Context {
         dirs: dirs.clone(),
         journal,
-        sink: Sink::from_settings(&config.sink, controls.shutdown.clone())?,
+        sink: Sink::from_settings(&config.sink, controls.shutdown.clone(), metrics.clone())?,
         batch_size: config.sink.batch_size(),
         shutdown: controls.shutdown.clone(),
         counters: counters.clone(),
@@ -143,7 +147,7 @@ pub async fn run(
                         if new.sink == config.sink {
                             ctx.sink.credentials_changed();
                         } else {
-                            match Sink::from_settings(&new.sink, controls.shutdown.clone()) {
+                            match Sink::from_settings(&new.sink, controls.shutdown.clone(), metrics.clone()) {
                                 Ok(sink) => ctx.sink = sink,
                                 Err(err) => {
                                     tracing::error!(%err, "config reloaded, but the new sink cannot start: keeping the old sink");
@@ -206,7 +210,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                metrics::global().tick();
+                metrics.tick();
                 let now = Instant::now();
                 let slots = config.watch.max_files_in_flight.saturating_sub(tasks.len());
                 // Resumed and retried occurrences first: they are older.
@@ -225,7 +229,7 @@ pub async fn run(
                 if slots > 0 {
                     let ready = readiness.ready(now, &|name| config.watch.is_ignored(name));
                     for name in ready.into_iter().take(slots) {
-                        metrics::global().files_seen.inc();
+                        metrics.files_seen.inc();
                         match claim_ready(&ctx, &config, &name, &mut warned) {
                             Claimed::Yes(work) => {
                                 readiness.forget(&name);
@@ -245,8 +249,8 @@ pub async fn run(
                     }
                 }
                 let waiting = readiness.waiting() + queue.len();
-                metrics::global().files_waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
-                metrics::global().files_in_flight.set(i64::try_from(tasks.len()).unwrap_or(i64::MAX));
+                metrics.files_waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                metrics.files_in_flight.set(i64::try_from(tasks.len()).unwrap_or(i64::MAX));
                 let status = queue_status(waiting, tasks.len(), &counters);
                 if status != last_status {
                     notify_systemd(&[sd_notify::NotifyState::Status(&status)]);

@@ -11,7 +11,13 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sink::Refusal;
+/// An event the receiver refused: its row's line and the receiver's message.
+/// Recorded with the batch's acknowledgement; the sink reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub line: u64,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("journal {path}: {source}")]

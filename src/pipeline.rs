@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,21 +52,7 @@ pub enum PipelineError {
     Worker(String),
 }
 
-/// Counters shared by every file, for progress bars and metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub files_claimed: AtomicU64,
-    pub files_archived: AtomicU64,
-    pub files_failed: AtomicU64,
-    pub files_duplicate: AtomicU64,
-    pub rows_accepted: AtomicU64,
-    pub rows_rejected: AtomicU64,
-    pub rows_refused: AtomicU64,
-    pub batches_acked: AtomicU64,
-    /// Batches to deliver, known once each file is validated.
-    pub batches_planned: AtomicU64,
-    pub events_delivered: AtomicU64,
-}
+pub use crate::metrics::Counters;
 
 /// What every file's processing shares.
 #[derive(Debug, Clone)]

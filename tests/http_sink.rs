@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use api_server::{wait_until, ApiServer, ServerOptions};
 use consent_drop::config::{Credentials, HttpSinkSettings, SecretSource, SinkSettings};
+use consent_drop::metrics::Metrics;
 use consent_drop::sink::http::{check_credentials, HttpSink};
 use consent_drop::sink::{Ack, Batch, Delivery, DeliveryTarget, Sink, SinkError};
 use tokio_util::sync::CancellationToken;
@@ -160,7 +161,12 @@ async fn fixture(options: ServerOptions, adjust: impl FnOnce(&mut HttpSinkSettin
 }
 
 fn sink(settings: HttpSinkSettings, shutdown: &CancellationToken) -> Sink {
-    Sink::from_settings(&SinkSettings::Http(settings), shutdown.clone()).expect("http sink")
+    Sink::from_settings(
+        &SinkSettings::Http(settings),
+        shutdown.clone(),
+        Metrics::default(),
+    )
+    .expect("http sink")
 }
 
 fn http(sink: &Sink) -> &HttpSink {

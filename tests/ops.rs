@@ -137,18 +137,25 @@ fn mixed_rows(prefix: &str) -> String {
         + &format!("{prefix}x@example.com;J'accepte;31/02/2020 21:28:00;203.0.113.1;\n")
 }
 
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("address").port()
-}
-
-fn with_metrics(site: &Site, port: u16) {
+/// Asks for the metrics listener on a port the system picks (no port is
+/// guessed free and raced for).
+fn with_metrics(site: &Site) {
     let mut config = std::fs::OpenOptions::new()
         .append(true)
         .open(&site.config)
         .expect("config");
-    writeln!(config, "\n[metrics]\nlisten = \"127.0.0.1:{port}\"").expect("append [metrics]");
+    writeln!(config, "\n[metrics]\nlisten = \"127.0.0.1:0\"").expect("append [metrics]");
+}
+
+/// The port the daemon's metrics listener is bound to, from its start-up log line.
+fn metrics_port(site: &Site) -> Option<u16> {
+    let log = site.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("metrics on /metrics and /healthz"))?;
+    let (_, after) = line.split_once("127.0.0.1:")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// One raw HTTP/1.1 exchange: (status code, body).
@@ -316,9 +323,17 @@ fn no_watchdog_pings_when_they_are_meant_for_another_process() {
 #[test]
 fn metrics_count_an_imported_file_and_healthz_says_ok() {
     let site = Site::new(IMPORT);
-    let port = free_port();
-    with_metrics(&site, port);
+    with_metrics(&site);
     let mut daemon = Process::run(&site, &[]);
+    let mut port = 0;
+    assert!(
+        wait_until(LONG, || {
+            port = metrics_port(&site).unwrap_or(0);
+            port != 0
+        }),
+        "no metrics listener; log:\n{}",
+        site.log()
+    );
     assert!(
         wait_until(LONG, || get(port, "/healthz")
             .is_some_and(|(status, _)| status == 200)),
@@ -408,7 +423,11 @@ fn a_taken_metrics_address_stops_the_start_and_names_the_key() {
     let site = Site::new(IMPORT);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("address").port();
-    with_metrics(&site, port);
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&site.config)
+        .expect("config");
+    writeln!(config, "\n[metrics]\nlisten = \"127.0.0.1:{port}\"").expect("append [metrics]");
     let mut daemon = Process::run(&site, &[]);
     let status = daemon.wait(LONG).expect("the daemon exits");
     assert!(!status.success());

@@ -41,6 +41,7 @@ use self::gate::{Gate, Turn};
 use self::session::{TokenError, TokenSource};
 use super::{Ack, Batch, DeliveryTarget, Refusal, SinkError};
 use crate::config::{Credentials, HttpSinkSettings};
+use crate::metrics::Metrics;
 
 /// Longest API message kept in a refusal or a log line, in characters.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -66,6 +67,7 @@ struct Shared {
     tokens: TokenSource,
     /// `api key k`, `token file …`, `token env …`: what the API may refuse.
     who: String,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for HttpSink {
@@ -86,6 +88,7 @@ impl HttpSink {
     pub fn new(
         settings: HttpSinkSettings,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Result<HttpSink, SinkError> {
         let client = build_client(&settings)?;
         // A base_url that makes no URL is refused now, not at the first file.
@@ -107,6 +110,7 @@ impl HttpSink {
                 gate,
                 tokens,
                 who,
+                metrics,
             }),
         })
     }
@@ -570,6 +574,7 @@ async fn deliver_group(
                     }
                     None => backoff(&shared.settings, failures),
                 };
+                shared.metrics.batches_retried.inc();
                 log_retry(target, batch.seq, &part, failures, &reason, delay);
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(SinkError::Interrupted),
@@ -584,6 +589,7 @@ async fn deliver_group(
                 let delay = retry_after.unwrap_or_else(|| backoff(&shared.settings, failures));
                 // The gate makes every request of the sink wait, this one too.
                 shared.gate.slow_down(tokio::time::Instant::now() + delay);
+                shared.metrics.batches_retried.inc();
                 log_retry(target, batch.seq, &part, failures, &reason, delay);
             }
         }
@@ -591,7 +597,6 @@ async fn deliver_group(
 }
 
 fn log_retry(target: &Target, seq: u64, part: &str, attempt: u32, reason: &str, delay: Duration) {
-    crate::metrics::global().batches_retried.inc();
     tracing::warn!(
         import = %target.import,
         occurrence = %target.occurrence,
@@ -723,9 +728,9 @@ enum Answer {
 
 async fn post(shared: &Shared, target: &Target, body: &Payload, token: &str) -> Answer {
     let started = std::time::Instant::now();
-    crate::metrics::global().batches_sent.inc();
+    shared.metrics.batches_sent.inc();
     let answer = post_once(shared, target, body, token).await;
-    crate::metrics::observe_request(started.elapsed());
+    shared.metrics.observe_request(started.elapsed());
     answer
 }
 
@@ -905,7 +910,8 @@ mod tests {
 
     #[test]
     fn the_url_encodes_the_organization_and_keeps_the_dollar() {
-        let sink = HttpSink::new(settings(), CancellationToken::new()).expect("sink");
+        let sink =
+            HttpSink::new(settings(), CancellationToken::new(), Metrics::default()).expect("sink");
         let target = DeliveryTarget {
             occurrence_id: "o".into(),
             import: "i".into(),
@@ -1002,7 +1008,8 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secret() {
-        let sink = HttpSink::new(settings(), CancellationToken::new()).expect("sink");
+        let sink =
+            HttpSink::new(settings(), CancellationToken::new(), Metrics::default()).expect("sink");
         let text = format!("{sink:?}");
         assert!(text.contains("api.test"), "{text}");
     }

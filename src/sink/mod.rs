@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkSettings;
+use crate::metrics::Metrics;
 
 /// The batches of one import occurrence go to one delivery.
 #[derive(Debug, Clone)]
@@ -96,11 +97,7 @@ pub struct Ack {
     pub refused: Vec<Refusal>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub line: u64,
-    pub message: String,
-}
+pub use crate::journal::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -124,14 +121,17 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// `shutdown` interrupts retries and waits.
+    /// `shutdown` interrupts retries and waits; the http sink counts into `metrics`.
     pub fn from_settings(
         settings: &SinkSettings,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Result<Sink, SinkError> {
         Ok(match settings {
             SinkSettings::File(file) => Sink::File(file::FileSink::new(file.clone())),
-            SinkSettings::Http(http) => Sink::Http(http::HttpSink::new(http.clone(), shutdown)?),
+            SinkSettings::Http(http) => {
+                Sink::Http(http::HttpSink::new(http.clone(), shutdown, metrics)?)
+            }
         })
     }
 
