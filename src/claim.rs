@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::parse::Utf8Probe;
+use crate::parse::{Bom, ContentProbe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -161,12 +161,14 @@ pub struct Fingerprint {
     pub size: u64,
     /// Whether the whole file is valid UTF-8 (resolves `encoding = "auto"`).
     pub is_utf8: bool,
+    /// The byte-order mark the file starts with (says UTF-16 LE or BE).
+    pub bom: Option<Bom>,
 }
 
 pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
     let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
-    let mut probe = Utf8Probe::new();
+    let mut probe = ContentProbe::new();
     let mut buffer = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
@@ -183,7 +185,8 @@ pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
     Ok(Fingerprint {
         sha256: hex(&hasher.finalize()),
         size,
-        is_utf8: probe.finish(),
+        is_utf8: probe.is_utf8(),
+        bom: probe.bom(),
     })
 }
 

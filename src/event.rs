@@ -524,6 +524,27 @@ mod tests {
             proptest::prop_assert_eq!(event["consents"]["purposes"][0]["id"].as_str(), Some(purpose));
         }
 
+        /// Purpose texts and origins may hold line breaks (a quoted field over
+        /// several lines) and digits and colons: the id's name is length-prefixed,
+        /// so two different rows never share a name, however the parts are cut.
+        #[test]
+        fn multi_line_rows_never_share_an_id_name(
+            parts in proptest::collection::vec("[0-9:\n a]{0,6}", 4),
+        ) {
+            let one = Row { purpose_text: &parts[0], origin: &parts[1], ..row("a@b.co", "x", b"") };
+            let two = Row { purpose_text: &parts[2], origin: &parts[3], ..one };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            event_id_name(&mut a, "n", &one);
+            event_id_name(&mut b, "n", &two);
+            let same = one.purpose_text == two.purpose_text && one.origin == two.origin;
+            proptest::prop_assert_eq!(a == b, same);
+            let joined = |r: &Row<'_>| format!("{}\n{}", r.purpose_text, r.origin);
+            if joined(&one) == joined(&two) && !same {
+                // Joined with a line break they would collide; named, they do not.
+                proptest::prop_assert_ne!(event_id("n", &one), event_id("n", &two));
+            }
+        }
+
         #[test]
         fn any_text_is_valid_json(text in ".*") {
             let mut out = Vec::new();

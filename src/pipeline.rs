@@ -335,7 +335,10 @@ pub fn open_rows<'i>(
     fingerprint: &Fingerprint,
 ) -> io::Result<(RowReader<'i, File>, ResolvedEncoding)> {
     let file = claim::open_regular(path)?;
-    let encoding = import.format.encoding.resolve(fingerprint.is_utf8);
+    let encoding = import
+        .format
+        .encoding
+        .resolve(fingerprint.is_utf8, fingerprint.bom);
     Ok((RowReader::new(file, &import.format, encoding), encoding))
 }
 

@@ -275,6 +275,7 @@ fn word_values_and_their_aliases_are_read_into_enums() {
         ("cp1252", InputEncoding::Windows1252),
         ("latin1", InputEncoding::Iso8859_1),
         ("auto", InputEncoding::Auto),
+        ("utf-16", InputEncoding::Utf16),
     ] {
         let line = format!("encoding = {word:?}");
         assert_eq!(import(&line).format.encoding, encoding, "{line}");

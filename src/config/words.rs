@@ -15,7 +15,7 @@ use crate::parse::{HeaderMode, InputEncoding, Separator, UnknownSubscription};
 const SEPARATOR_WORDS: &str =
     "one of \";\" \",\" tab \" \" or the words semicolon, comma, tab, space";
 const ENCODING_WORDS: &str =
-    "one of utf-8, windows-1252, iso-8859-1, auto (or utf8, cp1252, latin1, latin-1)";
+    "one of utf-8, windows-1252, iso-8859-1, utf-16, auto (or utf8, cp1252, latin1, latin-1, utf16)";
 const UNKNOWN_SUBSCRIPTION_WORDS: &str = "one of reject, default, passthrough";
 const HEADER_WORDS: &str = "one of auto, true, false";
 

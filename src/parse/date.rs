@@ -2,9 +2,12 @@
 //!
 //! A format is one of three kinds, decided once by [`DateFormat::new`]:
 //! - a *token pattern* (the eight standard formats, or any other arrangement of
-//!   `dd MM yyyy HH mm ss` and literal characters): compiled into fixed byte
+//!   `dd MM yyyy HH mm ss` and literal characters, text in single quotes being
+//!   literal as in Java patterns, `''` a quote): compiled into fixed byte
 //!   offsets, parsed strictly (exactly two digits, four for `yyyy`, real
 //!   calendar dates, seconds 00–59) without chrono's lenient parser;
+//! - `iso8601` (see [`super::iso8601`]): an offset in the field wins over the
+//!   zone;
 //! - a *strftime pattern* (it contains `%`): read with chrono's
 //!   `NaiveDateTime::parse_from_str`, accepted only if it writes and reads back
 //!   a date to the second.
@@ -35,6 +38,9 @@ pub const STANDARD_FORMATS: [&str; 8] = [
     "yyyy-MM-dd HH:mm:ss",
 ];
 
+/// The name of the ISO 8601 date format.
+pub const ISO8601: &str = "iso8601";
+
 /// A checked date format.
 #[derive(Debug, Clone)]
 pub struct DateFormat {
@@ -46,8 +52,13 @@ pub struct DateFormat {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Tokens { pieces: Vec<Piece>, layout: Layout },
+    Tokens {
+        pieces: Vec<Piece>,
+        layout: Layout,
+    },
     Strftime,
+    /// `iso8601`: see [`super::iso8601`].
+    Iso8601,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +158,12 @@ pub enum DateError {
     Gap { text: String, zone: String },
     #[error("{text:?} is outside the supported range of dates")]
     Unsupported { text: String },
+    #[error("{text:?}: the UTC offset {hours:02}:{minutes:02} is out of range")]
+    Offset {
+        text: String,
+        hours: u32,
+        minutes: u32,
+    },
 }
 
 /// At most this many characters of a refused date are quoted in a message.
@@ -198,12 +215,22 @@ impl DateFormat {
         if pattern.trim().is_empty() {
             return Err("is empty; use a format such as \"dd/MM/yyyy HH:mm:ss\"".into());
         }
+        if pattern.eq_ignore_ascii_case(ISO8601) || pattern.eq_ignore_ascii_case("iso-8601") {
+            return Ok(DateFormat {
+                pattern: ISO8601.to_string(),
+                kind: Kind::Iso8601,
+                spaces: 1,
+            });
+        }
         if pattern.contains('%') {
             return DateFormat::new_strftime(pattern);
         }
         let pieces = compile_tokens(pattern)?;
         let layout = layout_of(&pieces);
-        let spaces = pattern.matches(' ').count();
+        let spaces = pieces
+            .iter()
+            .filter(|piece| matches!(piece, Piece::Literal(' ')))
+            .count();
         Ok(DateFormat {
             pattern: pattern.to_string(),
             kind: Kind::Tokens { pieces, layout },
@@ -251,9 +278,24 @@ impl DateFormat {
         &self.pattern
     }
 
-    /// How many spaces a date written in this format contains.
+    /// How many spaces a date written in this format contains (at most: an
+    /// `iso8601` date has one or none, see [`DateFormat::spaces_in`]).
     pub fn space_count(&self) -> usize {
         self.spaces
+    }
+
+    /// How many spaces the date of a space-separated record holds, given its
+    /// first space-free token.
+    pub fn spaces_in(&self, first_token: &str) -> usize {
+        match self.kind {
+            Kind::Iso8601 => super::iso8601::spaces_after(first_token),
+            _ => self.spaces,
+        }
+    }
+
+    /// Whether this is one of the eight standard formats of SPEC §1.
+    pub fn is_standard(&self) -> bool {
+        STANDARD_FORMATS.contains(&self.pattern.as_str())
     }
 
     /// Parses a date written in this format, in zone `tz`.
@@ -271,8 +313,45 @@ impl DateFormat {
         let local = match &self.kind {
             Kind::Tokens { layout, .. } => self.read_tokens(layout, text)?,
             Kind::Strftime => self.read_strftime(text)?,
+            Kind::Iso8601 => return self.read_iso8601(text, tz, cache),
         };
         place_in_zone(local, tz, text, cache)
+    }
+
+    /// An ISO 8601 date: its own offset when it has one, else the zone's.
+    fn read_iso8601(
+        &self,
+        text: &str,
+        tz: Tz,
+        cache: &mut ZoneCache,
+    ) -> Result<DateTime<Utc>, DateError> {
+        let date = super::iso8601::read(text).map_err(|err| match err {
+            None => self.mismatch(text),
+            Some((hours, minutes)) => DateError::Offset {
+                text: shown(text, SHOWN),
+                hours,
+                minutes,
+            },
+        })?;
+        let local = check_local(
+            text,
+            Local {
+                year: i64::from(date.year),
+                month: date.month,
+                day: date.day,
+                hour: date.hour,
+                minute: date.minute,
+                second: date.second,
+            },
+        )?;
+        let Some(offset) = date.offset else {
+            return place_in_zone(local, tz, text, cache);
+        };
+        DateTime::from_timestamp(civil_seconds(local) - i64::from(offset), 0).ok_or_else(|| {
+            DateError::Unsupported {
+                text: shown(text, SHOWN),
+            }
+        })
     }
 
     fn mismatch(&self, text: &str) -> DateError {
@@ -380,6 +459,10 @@ impl DateFormat {
                     local.format_with_items(StrftimeItems::new(&self.pattern))
                 );
             }
+            Kind::Iso8601 => {
+                let offset = instant.with_timezone(&tz).offset().fix().local_minus_utc();
+                super::iso8601::write(local, offset, &mut out);
+            }
         }
         out
     }
@@ -390,6 +473,10 @@ fn compile_tokens(pattern: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut i = 0;
     while let Some(&c) = chars.get(i) {
+        if c == '\'' {
+            i = quoted_literal(pattern, &chars, i, &mut pieces)?;
+            continue;
+        }
         if !c.is_alphabetic() {
             pieces.push(Piece::Literal(c));
             i += 1;
@@ -436,6 +523,41 @@ fn compile_tokens(pattern: &str) -> Result<Vec<Piece>, String> {
         }
     }
     Ok(pieces)
+}
+
+/// Text in single quotes from `chars[open]` is literal, as in Java patterns
+/// (`yyyy-MM-dd'T'HH:mm:ss`); `''` is one quote, inside quotes or out.
+/// Returns the index after the closing quote.
+fn quoted_literal(
+    pattern: &str,
+    chars: &[char],
+    open: usize,
+    pieces: &mut Vec<Piece>,
+) -> Result<usize, String> {
+    if chars.get(open + 1) == Some(&'\'') {
+        pieces.push(Piece::Literal('\''));
+        return Ok(open + 2);
+    }
+    let mut i = open + 1;
+    loop {
+        match (chars.get(i), chars.get(i + 1)) {
+            (None, _) => {
+                return Err(format!(
+                    "{pattern:?}: a quote opens literal text that is never closed; \
+                     write '' for a quote character"
+                ))
+            }
+            (Some('\''), Some('\'')) => {
+                pieces.push(Piece::Literal('\''));
+                i += 2;
+            }
+            (Some('\''), _) => return Ok(i + 1),
+            (Some(&c), _) => {
+                pieces.push(Piece::Literal(c));
+                i += 1;
+            }
+        }
+    }
 }
 
 fn layout_of(pieces: &[Piece]) -> Layout {
@@ -524,6 +646,14 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Seconds since the epoch of a local time read as UTC.
+fn civil_seconds(local: Local) -> i64 {
+    days_from_civil(local.year, local.month, local.day) * 86_400
+        + i64::from(local.hour) * 3_600
+        + i64::from(local.minute) * 60
+        + i64::from(local.second)
+}
+
 fn place_in_zone(
     local: Local,
     tz: Tz,
@@ -534,10 +664,7 @@ fn place_in_zone(
         text: shown(text, SHOWN),
     };
     let days = days_from_civil(local.year, local.month, local.day);
-    let seconds = days * 86_400
-        + i64::from(local.hour) * 3_600
-        + i64::from(local.minute) * 60
-        + i64::from(local.second);
+    let seconds = civil_seconds(local);
     if tz == Tz::UTC {
         return DateTime::from_timestamp(seconds, 0).ok_or_else(unsupported);
     }
@@ -813,6 +940,90 @@ mod tests {
     }
 
     #[test]
+    fn quoted_text_in_a_token_pattern_is_literal() {
+        let format = DateFormat::new("yyyy-MM-dd'T'HH:mm:ss").unwrap();
+        assert_eq!(
+            format.parse("2021-03-05T14:07:09", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+        assert!(format.parse("2021-03-05 14:07:09", Tz::UTC).is_err());
+        assert_eq!(format.space_count(), 0);
+        // Letters in quotes are not tokens; '' is a quote, inside quotes or out.
+        let format = DateFormat::new("dd/MM/yyyy 'at' HH:mm:ss''").unwrap();
+        assert_eq!(format.space_count(), 2);
+        assert_eq!(
+            format.parse("05/03/2021 at 14:07:09'", Tz::UTC),
+            Ok(utc(2021, 3, 5, 14, 7, 9))
+        );
+        let format = DateFormat::new("'le ''jour'' 'dd/MM/yyyy HH:mm:ss").unwrap();
+        let text = "le 'jour' 05/03/2021 14:07:09";
+        assert_eq!(format.parse(text, Tz::UTC), Ok(utc(2021, 3, 5, 14, 7, 9)));
+        assert_eq!(format.format(utc(2021, 3, 5, 14, 7, 9), Tz::UTC), text);
+        let err = DateFormat::new("yyyy-MM-dd'T HH:mm:ss").unwrap_err();
+        assert!(err.contains("never closed"), "{err}");
+    }
+
+    #[test]
+    fn iso8601_takes_its_offset_over_the_zone() {
+        let format = DateFormat::new("iso8601").unwrap();
+        assert_eq!(format.pattern(), ISO8601);
+        assert_eq!(DateFormat::new("ISO8601").unwrap().pattern(), ISO8601);
+        let paris = chrono_tz::Europe::Paris;
+        for (text, want) in [
+            ("2026-11-05T10:23:45Z", utc(2026, 11, 5, 10, 23, 45)),
+            ("2026-11-05 10:23:45+01:00", utc(2026, 11, 5, 9, 23, 45)),
+            ("2026-11-05T10:23:45.123+0100", utc(2026, 11, 5, 9, 23, 45)),
+            ("2026-11-05T10:23:45-05:00", utc(2026, 11, 5, 15, 23, 45)),
+            // No offset: the import's zone (Paris is UTC+1 in November).
+            ("2026-11-05T10:23:45", utc(2026, 11, 5, 9, 23, 45)),
+            ("2026-11-05 10:23:45.999", utc(2026, 11, 5, 9, 23, 45)),
+        ] {
+            assert_eq!(format.parse(text, paris), Ok(want), "{text}");
+        }
+        // Without an offset a gap is still refused.
+        assert!(matches!(
+            format.parse("2026-03-29T02:30:00", paris),
+            Err(DateError::Gap { .. })
+        ));
+        // With one, there is no gap: the field says which instant it is.
+        assert_eq!(
+            format.parse("2026-03-29T02:30:00+01:00", paris),
+            Ok(utc(2026, 3, 29, 1, 30, 0))
+        );
+        assert!(matches!(
+            format.parse("2026-02-30T10:00:00Z", paris),
+            Err(DateError::NoSuchDay { .. })
+        ));
+        assert!(matches!(
+            format.parse("2026-02-10T10:00:60Z", paris),
+            Err(DateError::OutOfRange {
+                field: "second",
+                ..
+            })
+        ));
+        assert_eq!(
+            format
+                .parse("2026-11-05T10:23:45+25:00", paris)
+                .unwrap_err()
+                .to_string(),
+            "\"2026-11-05T10:23:45+25:00\": the UTC offset 25:00 is out of range"
+        );
+        assert_eq!(
+            format
+                .parse("05/11/2026 10:23:45", paris)
+                .unwrap_err()
+                .to_string(),
+            "\"05/11/2026 10:23:45\" does not match the date format \"iso8601\""
+        );
+        // Written in the zone's offset, read back to the same instant.
+        let instant = utc(2026, 7, 1, 22, 5, 3);
+        let text = format.format(instant, paris);
+        assert_eq!(text, "2026-07-02T00:05:03+02:00");
+        assert_eq!(format.parse(&text, chrono_tz::UTC), Ok(instant));
+        assert_eq!(format.format(instant, Tz::UTC), "2026-07-01T22:05:03Z");
+    }
+
+    #[test]
     fn bad_patterns_are_refused() {
         for pattern in [
             "",
@@ -823,7 +1034,8 @@ mod tests {
             "dd/MM/yyyy HH:mm:ss dd",
             "dd/MM/yyyy HH:mm:ss a",
             "dd/MMM/yyyy HH:mm:ss",
-            "yyyy-MM-dd'T'HH:mm:ss",
+            "yyyy-MM-dd'T'HH:mm:ss'",
+            "yyyy-MM-dd'T HH:mm:ss",
             "dd/MM/yyyy à HH:mm:ss",
             "%Y-%m-%d %H:%M",
             "%Y-%m-%d",

@@ -6,6 +6,8 @@
 //! keeps more than one row (at most `max_row_bytes`) in memory.
 
 pub mod date;
+mod encoding;
+mod iso8601;
 mod reader;
 pub mod sample;
 mod utf8;
@@ -15,6 +17,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 pub use date::{DateError, DateFormat};
+pub use encoding::{Bom, ContentProbe, InputEncoding, ResolvedEncoding};
 pub use reader::RowReader;
 pub use utf8::Utf8Probe;
 
@@ -45,59 +48,6 @@ impl Separator {
             Separator::Comma => b',',
             Separator::Tab => b'\t',
             Separator::Space => b' ',
-        }
-    }
-}
-
-/// The encoding an import declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputEncoding {
-    Utf8,
-    Windows1252,
-    Iso8859_1,
-    /// UTF-8 when the whole file is valid UTF-8, else Windows-1252.
-    Auto,
-}
-
-impl InputEncoding {
-    pub fn from_config(text: &str) -> Option<InputEncoding> {
-        match text.to_ascii_lowercase().as_str() {
-            "utf-8" | "utf8" => Some(InputEncoding::Utf8),
-            "windows-1252" | "cp1252" => Some(InputEncoding::Windows1252),
-            "iso-8859-1" | "latin1" | "latin-1" => Some(InputEncoding::Iso8859_1),
-            "auto" => Some(InputEncoding::Auto),
-            _ => None,
-        }
-    }
-
-    /// `content_is_utf8` is whether the whole file is valid UTF-8 (a BOM allowed).
-    pub fn resolve(self, content_is_utf8: bool) -> ResolvedEncoding {
-        match self {
-            InputEncoding::Utf8 => ResolvedEncoding::Utf8,
-            InputEncoding::Windows1252 => ResolvedEncoding::Windows1252,
-            InputEncoding::Iso8859_1 => ResolvedEncoding::Iso8859_1,
-            InputEncoding::Auto if content_is_utf8 => ResolvedEncoding::Utf8,
-            InputEncoding::Auto => ResolvedEncoding::Windows1252,
-        }
-    }
-}
-
-/// The one encoding a given file is read with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResolvedEncoding {
-    Utf8,
-    Windows1252,
-    Iso8859_1,
-}
-
-impl ResolvedEncoding {
-    /// Any bytes as text (invalid sequences become U+FFFD): for showing an
-    /// original line, e.g. in a rejects file.
-    pub fn decode_lossy(self, raw: &[u8]) -> std::borrow::Cow<'_, str> {
-        match self {
-            ResolvedEncoding::Utf8 => String::from_utf8_lossy(raw),
-            ResolvedEncoding::Windows1252 => encoding_rs::WINDOWS_1252.decode(raw).0,
-            ResolvedEncoding::Iso8859_1 => raw.iter().map(|&byte| byte as char).collect(),
         }
     }
 }
@@ -175,10 +125,14 @@ pub enum Record<'a> {
 pub enum RejectReason {
     #[error("line is longer than {max} bytes")]
     TooLong { max: usize },
+    #[error("record is longer than {max} bytes: a quoted field opened here is not closed within the row size limit")]
+    QuotedTooLong { max: usize },
     #[error("a quoted field is not closed before the end of the file")]
     UnterminatedQuote,
     #[error("not valid UTF-8")]
     InvalidUtf8,
+    #[error("not valid UTF-16 (a lone byte at the end of the file, or an unpaired surrogate)")]
+    InvalidUtf16,
     #[error("expected 4 or 5 fields, found {found}")]
     FieldCount { found: usize },
     #[error("{field} contains the control character U+{code:04X}")]
@@ -383,6 +337,28 @@ mod tests {
             buf[0] = first;
             self.0 = rest;
             Ok(1)
+        }
+    }
+
+    /// A reader that returns reads of the given sizes, in turn.
+    struct Chunks<'a> {
+        data: &'a [u8],
+        cuts: &'a [usize],
+        at: usize,
+    }
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let cut = self
+                .cuts
+                .get(self.at % self.cuts.len().max(1))
+                .copied()
+                .unwrap_or(1);
+            self.at += 1;
+            let n = cut.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
         }
     }
 
@@ -612,22 +588,57 @@ mod tests {
             "a@example.com;\"I agree;\r\nto the\rnews\nletter\";03/06/2020 23:28:55;203.0.113.7\n\
              b@example.com;news;03/06/2020 23:28:55;203.0.113.7\n",
         );
-        // The record starts on line 1 and spans lines 1-4; a line break is a
-        // control character in a purpose text, so the row is refused.
+        // The record starts on line 1 and spans lines 1-4; its line breaks
+        // (CRLF, CR, LF) are kept, each as `\n`.
         assert_eq!(got[0].line(), 1);
-        assert_eq!(
-            got[0].reason(),
-            RejectReason::ControlCharacter {
-                field: "purpose text",
-                code: 0x0D
-            }
-        );
-        let Got::Reject { raw, .. } = &got[0] else {
+        assert_eq!(got[0].text(), "I agree;\nto the\nnews\nletter");
+        let Got::Row { raw, .. } = &got[0] else {
             panic!()
         };
+        assert!(raw.starts_with(b"a@example.com;\"I agree;\r\nto"));
         assert!(raw.ends_with(b"letter\";03/06/2020 23:28:55;203.0.113.7"));
         assert_eq!(got[1].line(), 5);
         assert_eq!(got[1].text(), "news");
+    }
+
+    #[test]
+    fn a_multi_line_record_is_rejected_whole_and_the_next_line_is_right() {
+        let got = read(
+            &format(Separator::Semicolon),
+            "a@example.com;\"one\ntwo\";31/02/2020 23:28:55;ip\r\n\
+             b@example.com;\"three\r\n\r\nfour\u{7}\";03/06/2020 23:28:55;ip\n\
+             c@example.com;\"five\n\";03/06/2020 23:28:55;\"203.0.113.7\"\n",
+        );
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[0].reason(), RejectReason::InvalidDate(_)));
+        assert_eq!(got[0].line(), 1);
+        let Got::Reject { raw, .. } = &got[0] else {
+            panic!()
+        };
+        assert_eq!(raw, b"a@example.com;\"one\ntwo\";31/02/2020 23:28:55;ip");
+        // Other control characters still reject the row.
+        assert_eq!(
+            got[1].reason(),
+            RejectReason::ControlCharacter {
+                field: "purpose text",
+                code: 7
+            }
+        );
+        assert_eq!(got[1].line(), 3);
+        // Line breaks at the ends of a field are trimmed, as blanks are.
+        assert_eq!(got[2].line(), 6);
+        assert_eq!(got[2].text(), "five");
+    }
+
+    #[test]
+    fn a_multi_line_purpose_text_keeps_its_inner_blank_lines() {
+        let got = read(
+            &format(Separator::Comma),
+            "email,purpose,date,origin\r\n\
+             jane@example.com,\"Yes, I agree:\r\n\r\n  - to the \"\"news\"\"\r\n\",03/06/2020 23:28:55,203.0.113.7\r\n",
+        );
+        assert_eq!(got[0].line(), 2);
+        assert_eq!(got[0].text(), "Yes, I agree:\n\n  - to the \"news\"");
     }
 
     #[test]
@@ -1067,6 +1078,15 @@ mod tests {
             if byte == b' ' {
                 // A blank line is skipped, however long.
                 assert_eq!(got, [(2, None)]);
+            } else if byte == b'"' {
+                // The quote the line opens is never closed: said so.
+                assert_eq!(
+                    got,
+                    [
+                        (1, Some(RejectReason::QuotedTooLong { max: 1024 })),
+                        (2, None)
+                    ]
+                );
             } else {
                 assert_eq!(
                     got,
@@ -1143,7 +1163,7 @@ mod tests {
             let got = read(&format, &text);
             let lines = open.matches('\n').count() as u64;
             assert_eq!(got.len(), 2, "{open:?}: {got:?}");
-            assert_eq!(got[0].reason(), RejectReason::TooLong { max: 64 });
+            assert_eq!(got[0].reason(), RejectReason::QuotedTooLong { max: 64 });
             assert_eq!(got[0].line(), 2);
             let last = got.last().unwrap();
             assert_eq!(last.text(), "texte", "{open:?}");
@@ -1261,6 +1281,68 @@ mod tests {
         }
 
         #[test]
+        fn multi_line_records_read_the_same_however_split(
+            texts in prop::collection::vec("[a-z ;\"]{0,6}((\r\n|\r|\n)[a-z ;\"]{0,6}){0,3}[a-z]", 1..12),
+            cuts in prop::collection::vec(1usize..40, 1..50),
+            separator in 0usize..3,
+        ) {
+            let separator = SEPARATORS[separator];
+            let sep = char::from(separator.byte());
+            let mut input = String::new();
+            let mut want = Vec::new();
+            let mut line = 1u64;
+            for (i, text) in texts.iter().enumerate() {
+                input.push_str(&format!("r{i}@example.com{sep}"));
+                field(&mut input, text, sep, true);
+                input.push_str(&format!("{sep}03/06/2020 23:28:55{sep}203.0.113.7\r\n"));
+                let normalised = text.replace("\r\n", "\n").replace('\r', "\n");
+                want.push((line, normalised.trim().to_string()));
+                line += 1 + normalised.matches('\n').count() as u64;
+            }
+            let format = format(separator);
+            let got: Vec<(u64, String)> = read(&format, &input)
+                .iter()
+                .map(|g| (g.line(), g.text().to_string()))
+                .collect();
+            prop_assert_eq!(&got, &want);
+            let chunked = collect(RowReader::new(Chunks { data: input.as_bytes(), cuts: &cuts, at: 0 }, &format, ResolvedEncoding::Utf8));
+            let chunked: Vec<(u64, String)> = chunked.iter().map(|g| (g.line(), g.text().to_string())).collect();
+            prop_assert_eq!(chunked, want);
+        }
+
+        #[test]
+        fn utf16_gives_the_rows_of_the_same_text_in_utf8_however_split(
+            rows in prop::collection::vec(gen_row(), 1..12),
+            multi_line in "[a-z]{1,5}(\r\n|\n)[a-zé’😀]{1,5}",
+            cuts in prop::collection::vec(1usize..50, 1..50),
+            big_endian in any::<bool>(),
+            bom in any::<bool>(),
+        ) {
+            let format = format(Separator::Tab);
+            let mut text = String::from("email\tpurpose\tdate\torigin\r\n");
+            for (i, gen) in rows.iter().enumerate() {
+                let purpose = if i == 0 { format!("\"{multi_line}\"") } else { gen.text.replace(['\t', '"'], " ") };
+                text.push_str(&format!("{}\t{purpose}\t03/06/2020 23:28:55\t198.51.100.{}\r\n", gen.email, gen.origin));
+            }
+            let mut bytes = Vec::new();
+            if bom || big_endian {
+                bytes.extend_from_slice(if big_endian { b"\xFE\xFF" } else { b"\xFF\xFE" });
+            }
+            for unit in text.encode_utf16() {
+                bytes.extend_from_slice(&if big_endian { unit.to_be_bytes() } else { unit.to_le_bytes() });
+            }
+            let encoding = InputEncoding::Utf16.resolve(false, Bom::of(&bytes));
+            let want = read(&format, &text);
+            prop_assert_eq!(want.len(), rows.len());
+            let got = collect(RowReader::new(Chunks { data: &bytes, cuts: &cuts, at: 0 }, &format, encoding));
+            prop_assert_eq!(&got, &want);
+            let auto = InputEncoding::Auto.resolve(false, Bom::of(&bytes));
+            if bom || big_endian {
+                prop_assert_eq!(auto, encoding);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic_and_raw_stays_bounded(
             bytes in prop::collection::vec(
                 prop_oneof![
@@ -1270,12 +1352,12 @@ mod tests {
                 0..3000,
             ),
             sep_index in 0usize..4,
-            encoding_index in 0usize..3,
+            encoding_index in 0usize..5,
             max_row_bytes in 1usize..300,
         ) {
             let mut format = format(SEPARATORS[sep_index]);
             format.max_row_bytes = max_row_bytes;
-            let encoding = [ResolvedEncoding::Utf8, ResolvedEncoding::Windows1252, ResolvedEncoding::Iso8859_1][encoding_index];
+            let encoding = [ResolvedEncoding::Utf8, ResolvedEncoding::Windows1252, ResolvedEncoding::Iso8859_1, ResolvedEncoding::Utf16Le, ResolvedEncoding::Utf16Be][encoding_index];
             let endings = bytes.iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
             let mut reader = RowReader::new(bytes.as_slice(), &format, encoding);
             let mut last_line = 0;

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 
 use super::date::ZoneCache;
+use super::encoding::Input;
 use super::{
     shown, HeaderMode, ParseError, Record, Reject, RejectReason, ResolvedEncoding, Row, RowFormat,
     UnknownSubscription,
@@ -136,6 +137,8 @@ struct Rec {
     inner_lines: u64,
     blank: bool,
     too_long: bool,
+    /// The row size limit was reached inside a quoted field.
+    too_long_quoted: bool,
     unterminated: bool,
     line: u64,
 }
@@ -155,6 +158,7 @@ impl Rec {
             inner_lines: 0,
             blank: true,
             too_long: false,
+            too_long_quoted: false,
             unterminated: false,
             line: 0,
         }
@@ -228,6 +232,7 @@ impl Rec {
     fn split(&mut self, data: &[u8], split: &Splitter) -> Split {
         loop {
             if self.scan > split.max {
+                self.too_long_quoted = self.state == State::Quoted;
                 return Split::TooLong;
             }
             let Some(&b) = data.get(self.scan) else {
@@ -283,7 +288,11 @@ impl Rec {
                             self.close = i;
                             self.state = State::QuoteInQuoted;
                         }
-                        Some(b'\r') => self.inner_lines += 1,
+                        Some(b'\r') => {
+                            // Written `\n` in the field: it must be rewritten.
+                            self.inner_lines += 1;
+                            self.cook = true;
+                        }
                         Some(_) => {
                             // An LF: one more line unless it ends a CRLF.
                             if i.checked_sub(1).and_then(|p| data.get(p)) != Some(&b'\r') {
@@ -347,11 +356,15 @@ fn find_any(data: &[u8], from: usize, stops: [u8; 3]) -> usize {
 }
 
 /// The text of a raw quoted field (from its opening quote): `""` is a quote,
-/// blanks after the closing quote are dropped, text after them is kept.
+/// a line break (CRLF, CR or LF) is `\n`, blanks after the closing quote are
+/// dropped, text after them is kept.
 fn unquote(raw: &[u8], out: &mut Vec<u8>) {
     let mut bytes = raw.get(1..).unwrap_or_default().iter().peekable();
     while let Some(&b) = bytes.next() {
-        if b != b'"' {
+        if b == b'\r' {
+            bytes.next_if_eq(&&b'\n');
+            out.push(b'\n');
+        } else if b != b'"' {
             out.push(b);
         } else if bytes.next_if_eq(&&b'"').is_some() {
             out.push(b'"');
@@ -430,10 +443,12 @@ fn may_contain_control(bytes: &[u8], allow_tab: bool) -> bool {
                 .any(|pair| pair[0] == 0xC2 && (0x80..=0x9F).contains(&pair[1])))
 }
 
-/// The first control character of `text`, if any (a tab is allowed when it is the separator).
+/// The first control character of `text`, if any: a tab is allowed when it
+/// is the separator, and a line break (only a quoted field can hold one, and
+/// it is `\n` by then) always.
 fn control_char(text: &str, allow_tab: bool) -> Option<u32> {
     text.chars()
-        .find(|&c| c.is_control() && !(allow_tab && c == '\t'))
+        .find(|&c| c.is_control() && c != '\n' && !(allow_tab && c == '\t'))
         .map(u32::from)
 }
 
@@ -478,7 +493,7 @@ fn email_problem(email: &str) -> Option<&'static str> {
 /// `max_row_bytes` plus one read, and per-record buffers of about
 /// `max_row_bytes` each.
 pub struct RowReader<'f, R: Read> {
-    input: R,
+    input: Input<R>,
     format: &'f RowFormat,
     encoding: ResolvedEncoding,
     split: Splitter,
@@ -529,7 +544,7 @@ impl<'f, R: Read> RowReader<'f, R> {
             .collect();
         subscriptions.sort_unstable();
         RowReader {
-            input,
+            input: encoding.input(input),
             format,
             encoding,
             split: Splitter::new(sep, max),
@@ -821,8 +836,11 @@ impl<'f, R: Read> RowReader<'f, R> {
             }
         }
         if self.rec.too_long {
-            return reject(RejectReason::TooLong {
-                max: self.split.max,
+            let max = self.split.max;
+            return reject(if self.rec.too_long_quoted {
+                RejectReason::QuotedTooLong { max }
+            } else {
+                RejectReason::TooLong { max }
             });
         }
         if self.rec.unterminated {
@@ -850,10 +868,13 @@ impl<'f, R: Read> RowReader<'f, R> {
         // One copy of the record as text (UTF-8, or an ASCII record in a
         // single-byte encoding): its fields are then plain slices of it.
         record_text.clear();
-        let in_place = if *encoding == ResolvedEncoding::Utf8 {
+        let in_place = if encoding.splits_utf8() {
             match std::str::from_utf8(record) {
                 Ok(text) => record_text.push_str(text),
-                Err(_) => return reject(RejectReason::InvalidUtf8),
+                Err(_) if *encoding == ResolvedEncoding::Utf8 => {
+                    return reject(RejectReason::InvalidUtf8)
+                }
+                Err(_) => return reject(RejectReason::InvalidUtf16),
             }
             true
         } else if record.is_ascii() {
@@ -887,7 +908,8 @@ impl<'f, R: Read> RowReader<'f, R> {
         let count = rec.fields;
         let date_quoted = fields.get(2).is_none_or(|f| f.quoted);
         let extra = if *date_spaces > 0 && !date_quoted {
-            (*date_spaces).min(count.saturating_sub(3))
+            let first = text_of(field(2));
+            (format.date_format.spaces_in(first)).min(count.saturating_sub(3))
         } else {
             0
         };
@@ -1061,7 +1083,9 @@ fn decode_fields(
         let from = out.len();
         match encoding {
             // Quotes removed from valid UTF-8 leave valid UTF-8.
-            ResolvedEncoding::Utf8 => out.extend_from_slice(bytes),
+            ResolvedEncoding::Utf8 | ResolvedEncoding::Utf16Le | ResolvedEncoding::Utf16Be => {
+                out.extend_from_slice(bytes)
+            }
             ResolvedEncoding::Windows1252 => decode_single_byte(bytes, true, &mut out),
             ResolvedEncoding::Iso8859_1 => decode_single_byte(bytes, false, &mut out),
         }

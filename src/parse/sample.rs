@@ -31,6 +31,10 @@ pub fn write_sample(format: &RowFormat, rows: usize, out: &mut dyn Write) -> io:
     keys.sort_unstable();
     let mut line = String::new();
     let mut bytes = Vec::new();
+    if format.encoding == InputEncoding::Utf16 {
+        // Excel's "Unicode Text": little-endian with a byte-order mark.
+        out.write_all(b"\xFF\xFE")?;
+    }
     if format.header != HeaderMode::Absent {
         let header = ["email", "purpose", "date", "origin", "subscription_id"];
         write_line(&mut line, &header.map(Some), sep);
@@ -115,6 +119,11 @@ fn encode(line: &str, encoding: InputEncoding, out: &mut Vec<u8>) {
                 out.push(u8::try_from(u32::from(c)).unwrap_or(b'?'));
             }
         }
+        InputEncoding::Utf16 => {
+            for unit in line.encode_utf16() {
+                out.extend_from_slice(&unit.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -171,10 +180,10 @@ mod tests {
     }
 
     fn read_back(format: &RowFormat, bytes: &[u8]) -> Vec<(String, String, String)> {
-        let resolved = match format.encoding {
-            InputEncoding::Auto => format.encoding.resolve(std::str::from_utf8(bytes).is_ok()),
-            other => other.resolve(false),
-        };
+        let resolved = format.encoding.resolve(
+            std::str::from_utf8(bytes).is_ok(),
+            super::super::Bom::of(bytes),
+        );
         let mut reader = RowReader::new(bytes, format, resolved);
         let mut rows = Vec::new();
         while let Some(record) = reader.next_record().unwrap() {
@@ -208,6 +217,7 @@ mod tests {
             InputEncoding::Auto,
             InputEncoding::Windows1252,
             InputEncoding::Iso8859_1,
+            InputEncoding::Utf16,
         ];
         let headers = [HeaderMode::Auto, HeaderMode::Present, HeaderMode::Absent];
         let dates = [
@@ -281,6 +291,28 @@ mod tests {
             rows[0].1,
             "J'accepte de recevoir la lettre d'information - été"
         );
+
+        let utf16 = format(
+            Separator::Tab,
+            InputEncoding::Utf16,
+            HeaderMode::Auto,
+            "dd/MM/yyyy HH:mm:ss",
+        );
+        let mut bytes = Vec::new();
+        write_sample(&utf16, 4, &mut bytes).unwrap();
+        assert!(
+            bytes.starts_with(b"\xFF\xFEe\0m\0a\0"),
+            "UTF-16LE with a mark"
+        );
+        let rows = read_back(&utf16, &bytes);
+        assert_eq!(rows[0].1, PURPOSE_TEXTS[0]);
+        assert_eq!(rows[2].1, PURPOSE_TEXTS[2]);
+        // `auto` recognises it by its mark.
+        let auto = RowFormat {
+            encoding: InputEncoding::Auto,
+            ..utf16
+        };
+        assert_eq!(read_back(&auto, &bytes), rows);
     }
 
     #[test]
