@@ -572,7 +572,13 @@ fn options() -> impl Strategy<Value = Options> {
             "tab",
             "space",
         ]),
-        prop::sample::select(vec!["utf-8", "windows-1252", "iso-8859-1", "auto"]),
+        prop::sample::select(vec![
+            "utf-8",
+            "windows-1252",
+            "iso-8859-1",
+            "utf-16",
+            "auto",
+        ]),
         prop::sample::select(vec!["auto", "true", "false"]),
         prop::sample::select(vec![
             "dd/MM/yyyy HH:mm:ss",
@@ -587,6 +593,8 @@ fn options() -> impl Strategy<Value = Options> {
             "HH:mm:ss dd/MM/yyyy",
             "%Y-%m-%dT%H:%M:%S",
             "%d %b %Y %H:%M:%S",
+            "iso8601",
+            "yyyy-MM-dd'T'HH:mm:ss",
         ]),
         prop::sample::select(vec![
             "UTC",
@@ -689,6 +697,8 @@ fn check_parse(import: &Import, input: &[u8], sizes: &[usize]) -> Result<usize, 
         ResolvedEncoding::Utf8,
         ResolvedEncoding::Windows1252,
         ResolvedEncoding::Iso8859_1,
+        ResolvedEncoding::Utf16Le,
+        ResolvedEncoding::Utf16Be,
     ] {
         let mut chunked_sizes = sizes.to_vec();
         if chunked_sizes.iter().all(|&s| s == 0) {
@@ -913,7 +923,7 @@ proptest! {
         let import = import_of(&o);
         let input = sample_of(&import, rows);
         let utf8 = std::str::from_utf8(&input).is_ok();
-        let encoding = import.format.encoding.resolve(utf8);
+        let encoding = import.format.encoding.resolve(utf8, consent_drop::parse::Bom::of(&input));
         let mut reader = RowReader::new(&input[..], &import.format, encoding);
         let mut accepted = 0;
         while let Some(record) = reader.next_record().expect("in memory") {
