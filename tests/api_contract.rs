@@ -6,12 +6,8 @@ mod api_server;
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::time::Duration;
-
 use api_server::{BackgroundApi, ServerOptions};
-use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT};
-
-const LONG: Duration = Duration::from_secs(90);
+use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT, LONG};
 
 /// A second import, `backfill`, for files `bf-*`, that names its own organization.
 const SECOND_ORG_IMPORT: &str = r#"

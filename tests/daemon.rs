@@ -7,9 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use harness::{proof_rows, wait_until, Site, IMPORT};
-
-const LONG: Duration = Duration::from_secs(60);
+use harness::{proof_rows, wait_until, Site, IMPORT, LONG};
 
 fn ids(events: &[serde_json::Value]) -> HashSet<String> {
     events
@@ -87,8 +85,8 @@ fn a_slow_writer_is_read_once_and_complete() {
     writer.write_all(first.as_bytes()).expect("first half");
     writer.flush().expect("flush");
     // An SFTP client paused on a slow link: the file stays open, unchanged,
-    // for longer than settle_ms.
-    std::thread::sleep(Duration::from_millis(1500));
+    // for longer than settle_ms (two scans are a second apart).
+    assert!(site.wait_for_scans(2), "log:\n{}", site.log());
     assert!(
         path.exists(),
         "an open file is never claimed; log:\n{}",
@@ -131,8 +129,7 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
 
     let daemon = site.start();
     assert!(
-        wait_until(Duration::from_secs(120), || site.reports("archive").len()
-            == 1),
+        wait_until(LONG, || site.reports("archive").len() == 1),
         "log:\n{}",
         site.log()
     );
@@ -178,10 +175,10 @@ fn the_same_file_twice_is_imported_once_and_odd_entries_are_never_opened() {
     site.drop_file(".pr-hidden.csv", proof_rows("h", 3).as_bytes());
     site.drop_file("unmatched.csv", proof_rows("u", 3).as_bytes());
     // Several rescans (rescan_s = 1) and settle periods pass.
-    assert!(wait_until(Duration::from_secs(5), || site
+    assert!(wait_until(LONG, || site
         .log()
         .contains("matches no import")));
-    std::thread::sleep(Duration::from_millis(2500));
+    assert!(site.wait_for_scans(3), "log:\n{}", site.log());
     for name in [
         "pr-link.csv",
         "pr-fifo.csv",
@@ -230,8 +227,7 @@ fn sigterm_mid_file_then_restart_loses_nothing() {
     );
     let daemon = site.start();
     assert!(
-        wait_until(Duration::from_secs(120), || site.reports("archive").len()
-            == 1),
+        wait_until(LONG, || site.reports("archive").len() == 1),
         "log:\n{}",
         site.log()
     );

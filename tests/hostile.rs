@@ -22,16 +22,13 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use consent_drop::config::{parse_config, Import};
 use consent_drop::event::EventWriter;
 use consent_drop::parse::{Record, ResolvedEncoding, RowReader};
-use harness::{env_number, proof_rows, wait_until, Daemon, Site, XorShift, IMPORT};
+use harness::{env_number, proof_rows, wait_until, Daemon, Site, XorShift, IMPORT, LONG};
 use proptest::prelude::*;
 use serde_json::Value;
-
-const LONG: Duration = Duration::from_secs(120);
 
 /// Peak resident set size of a process, in KiB (VmHWM).
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -429,7 +426,10 @@ fn regression_a_file_deleted_while_being_read_ends_failed_and_the_journal_settle
     site.drop_file("pr-deleted.csv", proof_rows("d", rows).as_bytes());
     let path = claimed_path(&site, "pr-deleted.csv", 100_000);
     std::fs::remove_file(&path).expect("delete claimed");
-    std::thread::sleep(Duration::from_secs(8)); // a few retries
+    // The occurrence settles (failed) instead of being retried forever; then
+    // a few more rounds of the loop, in which a retry would show.
+    let settled = wait_until(LONG, || journal_is_settled(&site));
+    assert!(site.wait_for_scans(3), "log:\n{}", site.log());
     let reports: Vec<Value> = ["archive", "failed"]
         .iter()
         .flat_map(|under| site.reports(under))
@@ -445,7 +445,7 @@ fn regression_a_file_deleted_while_being_read_ends_failed_and_the_journal_settle
             .collect::<Vec<_>>()
     );
     assert!(
-        wait_until(Duration::from_secs(30), || journal_is_settled(&site)),
+        settled,
         "the occurrence of a vanished file is settled (failed), not retried forever: {}\nlog:\n{}",
         Value::Array(site.status(100)),
         site.log()
@@ -493,7 +493,11 @@ fn regression_a_name_that_is_not_utf8_is_not_silently_ignored() {
     std::fs::write(site.path("staging"), proof_rows("b", 10)).expect("write");
     std::fs::rename(site.path("staging"), site.drop.join(name)).expect("rename");
     good_file_is_still_served(&site, "g9");
-    std::thread::sleep(Duration::from_secs(3)); // several rescans
+    assert!(
+        site.wait_for_scans(3),
+        "several rescans; log:\n{}",
+        site.log()
+    );
     let still_in_drop = site.drop.join(name).exists();
     let lossy = name.to_string_lossy().into_owned();
     let log = site.log();
@@ -1155,7 +1159,7 @@ fn regression_a_long_file_name_is_imported() {
     let name = format!("pr-{}.csv", "a".repeat(243));
     std::fs::write(site.path("staging"), proof_rows("ln", 10)).expect("write");
     std::fs::rename(site.path("staging"), site.drop.join(&name)).expect("a 250-byte name is valid");
-    let imported = wait_until(Duration::from_secs(20), || {
+    let imported = wait_until(LONG, || {
         report_of(&site, &name).is_some() && !in_processing(&site, &name)
     });
     assert!(

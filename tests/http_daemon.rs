@@ -9,9 +9,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use api_server::{BackgroundApi, ServerOptions};
-use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT};
-
-const LONG: Duration = Duration::from_secs(90);
+use harness::{
+    api_key_credentials, http_sink, proof_rows, token_expired, wait_until, Site, IMPORT, LONG,
+};
 
 #[test]
 fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
@@ -242,7 +242,12 @@ fn short_lived_tokens_are_renewed_and_nothing_is_lost() {
         "log:\n{}",
         site.log()
     );
-    std::thread::sleep(Duration::from_millis(2500)); // the token's lifetime passes
+    // The token's lifetime passes.
+    assert!(wait_until(LONG, || api
+        .server
+        .issued_tokens()
+        .iter()
+        .all(|token| token_expired(token))));
     site.drop_file("pr-t2.csv", proof_rows("u", 300).as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 2),

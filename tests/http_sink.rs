@@ -6,6 +6,8 @@
 
 #[path = "support/api_server.rs"]
 mod api_server;
+#[path = "support/harness.rs"]
+mod harness;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,10 +19,9 @@ use consent_drop::config::{Credentials, HttpSinkSettings, SecretSource, SinkSett
 use consent_drop::metrics::Metrics;
 use consent_drop::sink::http::{check_credentials, HttpSink};
 use consent_drop::sink::{Ack, Batch, Delivery, DeliveryTarget, Sink, SinkError};
+use harness::{token_expired, LONG};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-const LONG: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------ helpers
 
@@ -429,28 +430,34 @@ async fn answers_slower_than_the_timeout_are_retried() {
 
 #[tokio::test]
 async fn connection_refused_until_the_api_starts_is_retried() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr").port()
-    };
-    let base_url = format!("http://127.0.0.1:{port}");
+    // Bound, not listening: connections are refused, and the port stays ours
+    // until the server listens on it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let base_url = format!("http://{}", socket.local_addr().expect("address"));
     let secrets = Secrets::new();
     let shutdown = CancellationToken::new();
-    let sink = sink(
-        settings(&base_url, api_key(&secrets.write("secret", "test-secret"))),
-        &shutdown,
-    );
+    let metrics = Metrics::default();
+    let sink = Sink::from_settings(
+        &SinkSettings::Http(settings(
+            &base_url,
+            api_key(&secrets.write("secret", "test-secret")),
+        )),
+        shutdown.clone(),
+        metrics.clone(),
+    )
+    .expect("http sink");
     let mut delivery = open(&sink, "refused-conn").await;
     let batch = batch("refused-conn", 0, 10);
 
     let acks = delivery.send(batch).await.expect("send");
     assert!(acks.is_empty());
-    tokio::time::sleep(Duration::from_millis(300)).await; // several refused attempts
-    let server = ApiServer::start(ServerOptions {
-        listen: Some(([127, 0, 0, 1], port).into()),
-        ..options()
-    })
-    .await;
+    assert!(
+        wait_until(LONG, || metrics.batches_retried.get() >= 3).await,
+        "several refused attempts"
+    );
+    let listener = socket.listen(64).expect("listen");
+    let server = ApiServer::start_on(listener, options()).await;
     let (acks, result) = tokio::time::timeout(LONG, delivery.finish())
         .await
         .expect("delivered in time");
@@ -555,7 +562,14 @@ async fn short_lived_tokens_are_renewed_between_deliveries() {
     let mut first = open(&sink, "short-a").await;
     let acks = deliver(&server, &mut first, batches("short-a", 2, 10)).await;
     assert_eq!(acks.len(), 2);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // The first token's lifetime passes.
+    assert!(
+        wait_until(LONG, || server
+            .issued_tokens()
+            .iter()
+            .all(|token| token_expired(token)))
+        .await
+    );
     let mut second = open(&sink, "short-b").await;
     let acks = deliver(&server, &mut second, batches("short-b", 2, 10)).await;
 
@@ -596,7 +610,12 @@ async fn a_wrong_secret_pauses_until_fixed_and_reloaded() {
         wait_until(LONG, || http(&sink).is_paused()).await,
         "the refused secret did not pause the sink"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Watched for a while: no delivery and no second session attempt.
+    assert!(
+        !wait_until(Duration::from_millis(300), || task.is_finished()
+            || server.session_attempts() > 1)
+        .await
+    );
     assert!(!task.is_finished(), "acked without delivery");
     assert_eq!(server.event_count(), 0);
     assert_eq!(server.requests(), 0, "events were sent without a session");
@@ -646,7 +665,14 @@ async fn forbidden_pauses_submission_until_lifted() {
         wait_until(LONG, || http(&sink).is_paused()).await,
         "403 did not pause the sink"
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await; // about one probe
+    // About one probe (auth_retry = 1 s) while paused.
+    assert!(
+        !wait_until(Duration::from_millis(1300), || server.session_attempts()
+            + server.requests()
+            > 4)
+        .await,
+        "a paused sink probes slowly"
+    );
     assert!(checker.acks.is_empty());
     assert_eq!(server.event_count(), 0);
     let attempts = server.session_attempts() + server.requests();

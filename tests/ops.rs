@@ -13,9 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{proof_rows, wait_until, Site, IMPORT};
-
-const LONG: Duration = Duration::from_secs(60);
+use harness::{proof_rows, wait_until, Site, IMPORT, LONG};
 
 /// `consent-drop <args>` with stderr in `<site>/<log>`; killed on drop.
 struct Process {
@@ -283,7 +281,7 @@ fn systemd_hears_ready_after_the_start_up_scan_then_watchdog_pings_and_stopping(
         site.log()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || notify.count("STOPPING=1") == 1),
+        wait_until(LONG, || notify.count("STOPPING=1") == 1),
         "no STOPPING=1; messages:\n{}",
         notify.dump()
     );

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use api_server::{ApiServer, BackgroundApi, ServerOptions};
 use harness::{
     api_key_credentials, env_number, http_sink, proof_rows, wait_until, Site, XorShift, IMPORT,
+    LONG,
 };
 
 /// A site whose sink is the test API, with an API key and a secret file.
@@ -127,7 +128,7 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
         // What the killed daemon had in flight may still be stored: it was
         // sent before the kill, so it counts as at the server, not re-sent.
         assert!(
-            wait_until(Duration::from_secs(30), || api.server.in_flight() == 0),
+            wait_until(LONG, || api.server.in_flight() == 0),
             "the server finishes the requests of the killed daemon"
         );
         let at_server = api.server.event_count();
@@ -290,9 +291,7 @@ fn api_chaos_for_a_whole_import_delivers_everything_once() {
     let actions = chaos.join().expect("chaos thread");
     assert!(done, "archived despite the chaos; log:\n{}", site.log());
     assert!(
-        wait_until(Duration::from_secs(30), || site
-            .files_under("processing")
-            .is_empty()),
+        wait_until(LONG, || site.files_under("processing").is_empty()),
         "processing/ empties"
     );
     assert!(daemon
@@ -436,13 +435,13 @@ fn full_disk_during_delivery_keeps_the_file_and_completes_when_space_returns() {
     let daemon = site.start();
     site.drop_file("pr-full.csv", content.as_bytes());
     assert!(
-        wait_until(Duration::from_secs(120), || site
-            .log()
-            .contains("No space left on device")),
+        wait_until(LONG, || site.log().contains("No space left on device")),
         "a clear error in the log; log:\n{}",
         site.log()
     );
-    std::thread::sleep(Duration::from_millis(1500)); // a retry or two on a full disk
+    // The daemon runs on the full disk for a while (two scans, a second
+    // apart) before the journal is looked at.
+    assert!(site.wait_for_scans(2), "log:\n{}", site.log());
     let journal = site.status(1000);
     assert_journal_intact(&site);
     eprintln!(
@@ -506,9 +505,7 @@ fn regression_full_disk_at_the_claim_then_space_returns_the_file_is_imported() {
     let daemon = site.start();
     site.drop_file("pr-claim-full.csv", content.as_bytes());
     assert!(
-        wait_until(Duration::from_secs(60), || site
-            .log()
-            .contains("No space left on device")),
+        wait_until(LONG, || site.log().contains("No space left on device")),
         "a clear error in the log; log:\n{}",
         site.log()
     );
@@ -518,7 +515,7 @@ fn regression_full_disk_at_the_claim_then_space_returns_the_file_is_imported() {
     );
     let _ = site.status(1000);
     std::fs::remove_file(&filler).expect("space returns");
-    let imported = wait_until(Duration::from_secs(30), || {
+    let imported = wait_until(LONG, || {
         archived(&site) == 1 && site.files_under("processing").is_empty()
     });
     let leftovers: Vec<PathBuf> = site

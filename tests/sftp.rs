@@ -32,13 +32,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{env_number, proof_rows, wait_until, Site, IMPORT};
+use harness::{env_number, proof_rows, wait_until, Site, IMPORT, LONG};
 use notify::Watcher;
 use sha2::{Digest, Sha256};
 
 const REQUIRE: &str = "CONSENT_DROP_REQUIRE_SFTP";
 /// The longest any single wait may take.
-const LONG: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------- tools
@@ -560,9 +559,9 @@ fn assert_imported_once(site: &Site, uploads: &[Upload], sshd: &Sshd) {
         diagnostics()
     );
     // A second import of the same upload (a re-read after a partial one, a
-    // second claim) would show as a second report: wait past settle_ms and a
-    // rescan tick (1 s) before counting.
-    std::thread::sleep(SETTLE * 2 + Duration::from_millis(1200));
+    // second claim) would show as a second report: wait for two more scans
+    // (a second apart, past settle_ms) before counting.
+    assert!(site.wait_for_scans(2), "{}", diagnostics());
 
     let reports = site.reports("archive");
     let events = site.outbox_events();

@@ -204,6 +204,12 @@ impl ApiServer {
             Ok(listener) => listener,
             Err(err) => panic!("test server cannot listen on {listen}: {err}"),
         };
+        ApiServer::start_on(listener, options).await
+    }
+
+    /// Serves on a listener the test bound itself (`options.listen` unused):
+    /// a port held from before the server starts is never raced for.
+    pub async fn start_on(listener: tokio::net::TcpListener, options: ServerOptions) -> ApiServer {
         let addr = match listener.local_addr() {
             Ok(addr) => addr,
             Err(err) => panic!("test server has no address: {err}"),

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a test waits for what must happen. Passing tests never wait this
+/// long: every wait polls its condition and returns as soon as it holds.
+pub const LONG: Duration = Duration::from_secs(120);
+
 pub const IMPORT: &str = r#"
 [[import]]
 name = "news"
@@ -86,7 +90,8 @@ impl Site {
         command
             .args(["run", "-c"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // The watch module's debug lines tell each scan (see `wait_for_scans`).
+            .env("RUST_LOG", "info,consent_drop::watch=debug")
             .stdout(Stdio::null())
             .stderr(log_file);
         for (key, value) in env {
@@ -140,6 +145,19 @@ impl Site {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// How many scans of the drop folder the daemon has logged so far.
+    pub fn scans(&self) -> usize {
+        self.log().matches("drop folder scanned").count()
+    }
+
+    /// Waits until the daemon has scanned the drop folder `more` times from
+    /// now: with `rescan_s = 1`, proof that seconds passed in which it saw
+    /// the folder and could act on what is there (for "nothing happens" checks).
+    pub fn wait_for_scans(&self, more: usize) -> bool {
+        let target = self.scans() + more;
+        wait_until(LONG, || self.scans() >= target)
     }
 
     /// Writes a file atomically into the drop folder (as a rename would).
@@ -268,6 +286,26 @@ pub fn api_key_credentials(dir: &Path, secret: &str) -> String {
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, secret).expect("secret");
     format!("api_key = \"test-key\"\nsecret_file = {secret_file:?}")
+}
+
+/// Whether a JWT's `exp` (Unix seconds, in its payload) has passed: the
+/// test API refuses it from then on. An unreadable token counts as expired.
+pub fn token_expired(token: &str) -> bool {
+    use base64::Engine as _;
+    let exp = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|claims| claims["exp"].as_u64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    exp.is_none_or(|exp| now >= exp)
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

@@ -314,11 +314,13 @@ impl Drop for Turn<'_> {
 
 #[cfg(test)]
 mod tests {
+    //! On paused time: tokio's clock moves only when every task waits, so
+    //! the elapsed times below are exact, never the machine's load.
     use super::*;
 
     const AUTH_RETRY: Duration = Duration::from_millis(300);
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pause_lets_one_probe_through_every_auth_retry() {
         let gate = Gate::new(
             "https://api.test".into(),
@@ -346,7 +348,7 @@ mod tests {
         assert!(!gate.is_paused());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_unsettled_probe_lets_the_next_one_through_later() {
         let gate = Gate::new("u".into(), "w".into(), AUTH_RETRY, None);
         let cancel = CancellationToken::new();
@@ -367,7 +369,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn not_before_and_pacing_hold_requests_back() {
         let gate = Gate::new("u".into(), "w".into(), AUTH_RETRY, Some(10.0));
         let cancel = CancellationToken::new();
