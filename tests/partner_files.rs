@@ -5,11 +5,8 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use harness::{wait_until, Site};
-
-const LONG: Duration = Duration::from_secs(60);
+use harness::{wait_until, Site, LONG};
 
 /// One import per kind of file.
 const IMPORTS: &str = r#"

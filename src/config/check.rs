@@ -6,7 +6,7 @@
 //! names the exact key path (`import[1].timezone`). This module never reads
 //! files or the environment: paths are only resolved, secrets only located.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -319,18 +319,7 @@ impl Checker<'_> {
                 format!("{} is not between 64 and 16777216", raw.max_row_bytes),
             ));
         }
-        let mut subscriptions = HashMap::new();
-        for (id, purpose) in &raw.subscriptions {
-            let key = format!("subscriptions.{id}");
-            let number: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| fail(&key, "a subscription id must be a number".into()))?;
-            if purpose.trim().is_empty() {
-                return Err(fail(&key, "the purpose id is empty".into()));
-            }
-            subscriptions.insert(number, purpose.clone());
-        }
+        let subscriptions = subscriptions(&raw.subscriptions, &fail)?;
         if raw
             .organization_id
             .as_ref()
@@ -362,6 +351,26 @@ impl Checker<'_> {
             effective_organization: None,
         })
     }
+}
+
+/// `[import.subscriptions]`: numeric subscription ids to non-empty purpose ids.
+fn subscriptions(
+    table: &BTreeMap<String, String>,
+    fail: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<HashMap<u64, String>, ConfigError> {
+    let mut subscriptions = HashMap::new();
+    for (id, purpose) in table {
+        let key = format!("subscriptions.{id}");
+        let number: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| fail(&key, "a subscription id must be a number".into()))?;
+        if purpose.trim().is_empty() {
+            return Err(fail(&key, "the purpose id is empty".into()));
+        }
+        subscriptions.insert(number, purpose.clone());
+    }
+    Ok(subscriptions)
 }
 
 /// `*` and `?` globs, matched against the whole name.
