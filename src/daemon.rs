@@ -94,6 +94,7 @@ pub async fn run(
         counters: counters.clone(),
     };
 
+    ctx.sink.check_purposes(&config.imports);
     let mut queue: Vec<(Instant, Work)> = Vec::new();
     let mut backoffs: HashMap<String, Duration> = HashMap::new();
     for work in recover(&ctx, &config)? {
@@ -165,6 +166,7 @@ pub async fn run(
                         new.watch.dir = config.watch.dir.clone();
                         new.state_dir = config.state_dir.clone();
                         config = new;
+                        ctx.sink.check_purposes(&config.imports);
                         warned.clear();
                         readiness.reconsider_parked();
                         tracing::info!(source = %config.source, "configuration reloaded");

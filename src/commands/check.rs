@@ -13,6 +13,7 @@ use crate::config::{Config, Import, ImportMatch, SinkSettings};
 use crate::event::EventWriter;
 use crate::parse::Record;
 use crate::pipeline;
+use crate::sink::http::purposes::PurposeCheck;
 
 pub struct CheckOptions<'a> {
     pub config: Option<&'a Path>,
@@ -62,6 +63,7 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         folders_ok &= !remark.starts_with("error");
         writeln!(out, "{remark}").map_err(stdout_error)?;
     }
+    let mut online_exit = Exit::Success;
     if options.online {
         let message = match &config.sink {
             SinkSettings::Http(http) => {
@@ -71,19 +73,69 @@ pub fn check(options: &CheckOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
             SinkSettings::File(_) => "the file sink has no credentials to check".to_string(),
         };
         writeln!(out, "online: {message}").map_err(stdout_error)?;
+        if let SinkSettings::Http(http) = &config.sink {
+            let check =
+                runtime()?.block_on(crate::sink::http::check_purposes(http, &config.imports))?;
+            online_exit = print_purposes(&check, out)?;
+        }
     }
 
-    let mut exit = if folders_ok {
-        Exit::Success
-    } else {
-        Exit::Usage
-    };
+    let mut exit = if folders_ok { online_exit } else { Exit::Usage };
     for file in options.files {
         let import = import_for_file(&config, file, options.import)?;
         let outcome = dry_run(import, file, options.show, out)?;
         // The most serious outcome wins: failure, usage, rejects, success.
         if outcome as u8 > exit as u8 {
             exit = outcome;
+        }
+    }
+    Ok(exit)
+}
+
+/// Each import's mapped purpose ids, present or MISSING in its
+/// organization: `Rejected` (1) when one is missing, `Failure` (3) when a
+/// list could not be read.
+fn print_purposes(check: &PurposeCheck, out: &mut dyn Write) -> Result<Exit, CommandError> {
+    let mut exit = Exit::Success;
+    for import in &check.imports {
+        match &import.listed {
+            Ok(count) => writeln!(
+                out,
+                "purposes of import {:?} (organization {}, which has {count}):",
+                import.import, import.organization
+            ),
+            Err(reason) => {
+                exit = Exit::Failure;
+                writeln!(
+                    out,
+                    "purposes of import {:?} (organization {}): cannot be listed: {reason}",
+                    import.import, import.organization
+                )
+            }
+        }
+        .map_err(stdout_error)?;
+        for purpose in &import.mapped {
+            let verdict = match purpose.present {
+                Some(true) => "present".to_string(),
+                Some(false) => {
+                    if exit == Exit::Success {
+                        exit = Exit::Rejected;
+                    }
+                    format!(
+                        "MISSING from organization {}: the API would refuse these events",
+                        import.organization
+                    )
+                }
+                None => "not checked".to_string(),
+            };
+            writeln!(out, "  {} {:?}: {verdict}", purpose.key, purpose.id).map_err(stdout_error)?;
+        }
+        if import.passthrough {
+            writeln!(
+                out,
+                "  unknown_subscription = \"passthrough\": unverifiable (any subscription number may become a purpose id)"
+            )
+            .map_err(stdout_error)?;
         }
     }
     Ok(exit)

@@ -20,6 +20,8 @@
 //! without a delay; give up on a batch except on shutdown.
 
 mod gate;
+pub mod purposes;
+mod ratelimit;
 mod session;
 
 use std::collections::VecDeque;
@@ -40,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use self::gate::{Gate, Turn};
 use self::session::{TokenError, TokenSource};
 use super::{Ack, Batch, DeliveryTarget, Refusal, SinkError};
-use crate::config::{Credentials, HttpSinkSettings};
+use crate::config::{Credentials, HttpSinkSettings, Import};
 use crate::metrics::Metrics;
 
 /// Longest API message kept in a refusal or a log line, in characters.
@@ -160,6 +162,48 @@ impl HttpSink {
     pub fn is_paused(&self) -> bool {
         self.shared.gate.is_paused()
     }
+
+    /// Checks, in the background, that the organizations have the purpose
+    /// ids the imports map, and logs a warning per missing one. Delivery
+    /// does not wait for it.
+    pub fn spawn_purpose_check(&self, imports: Vec<Arc<Import>>) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let check = purposes::check(
+                &shared.client,
+                &shared.settings.base_url,
+                &shared.tokens,
+                &shared.settings.organization_id,
+                &imports,
+            )
+            .await;
+            check.log_warnings();
+            let missing = check.missing().count();
+            tracing::info!(
+                base_url = %shared.settings.base_url,
+                missing,
+                "purposes checked: {missing} mapped purpose id(s) missing"
+            );
+        });
+    }
+}
+
+/// For `consent-drop check --online`: lists the purposes of every import's
+/// organization and compares them with the ids the imports map.
+pub async fn check_purposes(
+    settings: &HttpSinkSettings,
+    imports: &[Arc<Import>],
+) -> Result<purposes::PurposeCheck, SinkError> {
+    let client = build_client(settings)?;
+    let tokens = TokenSource::new(settings.credentials.clone(), &settings.base_url);
+    Ok(purposes::check(
+        &client,
+        &settings.base_url,
+        &tokens,
+        &settings.organization_id,
+        imports,
+    )
+    .await)
 }
 
 /// For `consent-drop check --online`: with an API key, opens a session and
@@ -642,7 +686,7 @@ async fn attempt(
     };
     // From here on the request is on the wire: it completes (within the
     // client's timeout) even if shutdown comes meanwhile.
-    let answer = post(shared, target, body, bearer.token.expose()).await;
+    let answer = post(shared, target, body, bearer.token.expose(), turn.ticket()).await;
     Ok(match answer {
         Answer::Delivered => {
             turn.accepted();
@@ -726,15 +770,27 @@ enum Answer {
     },
 }
 
-async fn post(shared: &Shared, target: &Target, body: &Payload, token: &str) -> Answer {
+async fn post(
+    shared: &Shared,
+    target: &Target,
+    body: &Payload,
+    token: &str,
+    ticket: u64,
+) -> Answer {
     let started = std::time::Instant::now();
     shared.metrics.batches_sent.inc();
-    let answer = post_once(shared, target, body, token).await;
+    let answer = post_once(shared, target, body, token, ticket).await;
     shared.metrics.observe_request(started.elapsed());
     answer
 }
 
-async fn post_once(shared: &Shared, target: &Target, body: &Payload, token: &str) -> Answer {
+async fn post_once(
+    shared: &Shared,
+    target: &Target,
+    body: &Payload,
+    token: &str,
+    ticket: u64,
+) -> Answer {
     let mut request = shared
         .client
         .post(target.url.clone())
@@ -755,6 +811,7 @@ async fn post_once(shared: &Shared, target: &Target, body: &Payload, token: &str
     };
     let status = response.status();
     let retry_after = retry_after(response.headers());
+    shared.gate.observe(ticket, rate_limit(response.headers()));
     if status.is_success() {
         // A 2xx counts only once its answer has arrived whole.
         return match response.bytes().await {
@@ -845,6 +902,24 @@ pub(crate) fn describe_error(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The `RateLimit` / `RateLimit-Policy` headers of an answer.
+fn rate_limit(headers: &HeaderMap) -> Result<Option<ratelimit::RateLimit>, String> {
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .map(Some)
+                .map_err(|_| format!("{name}: not visible ASCII")),
+        }
+    };
+    let now_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    ratelimit::parse(text("ratelimit")?, text("ratelimit-policy")?, now_unix)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.

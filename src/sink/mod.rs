@@ -147,6 +147,14 @@ impl Sink {
         })
     }
 
+    /// At start and on SIGHUP: the API sink checks in the background that
+    /// the organizations have the purposes the imports map (warnings only).
+    pub fn check_purposes(&self, imports: &[std::sync::Arc<crate::config::Import>]) {
+        if let Sink::Http(sink) = self {
+            sink.spawn_purpose_check(imports.to_vec());
+        }
+    }
+
     /// Called on SIGHUP: credentials may have been fixed, so stop waiting and try again now.
     pub fn credentials_changed(&self) {
         if let Sink::Http(sink) = self {
