@@ -3,7 +3,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
-use harness::{proof_rows, Site, IMPORT};
+use harness::{proof_rows, ConfigDoc, Site, IMPORT};
 
 #[test]
 fn check_accepts_a_good_config_and_counts_a_file_without_sending() {
@@ -39,10 +39,11 @@ fn check_accepts_a_good_config_and_counts_a_file_without_sending() {
 
 #[test]
 fn check_names_the_bad_key_and_exits_2() {
-    let site = Site::new(&IMPORT.replace(
-        "timezone = \"Europe/Paris\"",
-        "timezone = \"Europe/Atlantis\"",
-    ));
+    let site = Site::new(
+        &ConfigDoc::of(IMPORT)
+            .change("import[0].timezone", "Europe/Atlantis")
+            .text(),
+    );
     let output = site
         .command()
         .args(["check", "-c"])
@@ -57,7 +58,11 @@ fn check_names_the_bad_key_and_exits_2() {
 
 #[test]
 fn unknown_config_key_is_refused() {
-    let site = Site::new(&IMPORT.replace("default_purpose", "default_purpse"));
+    let site = Site::new(
+        &ConfigDoc::of(IMPORT)
+            .rename("import[0].default_purpose", "default_purpse")
+            .text(),
+    );
     let output = site
         .command()
         .args(["check", "-c"])

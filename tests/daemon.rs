@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use harness::{proof_rows, wait_until, Site, IMPORT, LONG};
+use harness::{proof_rows, wait_until, ConfigDoc, Site, IMPORT, LONG};
 
 fn ids(events: &[serde_json::Value]) -> HashSet<String> {
     events
@@ -239,7 +239,11 @@ fn sigterm_mid_file_then_restart_loses_nothing() {
 
 #[test]
 fn a_bad_config_stops_the_daemon_with_exit_2() {
-    let site = Site::new(&IMPORT.replace("separator = \";\"", "separator = \"|\""));
+    let site = Site::new(
+        &ConfigDoc::of(IMPORT)
+            .change("import[0].separator", "|")
+            .text(),
+    );
     let output = site
         .command()
         .args(["run", "-c"])
@@ -266,11 +270,9 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
 
     // A broken config: logged, the running one kept.
     let good = std::fs::read_to_string(&site.config).expect("config");
-    std::fs::write(
-        &site.config,
-        good.replace("separator = \";\"", "separator = \"|\""),
-    )
-    .expect("write");
+    ConfigDoc::of(&good)
+        .change("import[0].separator", "|")
+        .write(&site.config);
     daemon.signal(libc::SIGHUP);
     assert!(
         wait_until(LONG, || site.log().contains("configuration not reloaded")),

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use consent_drop::config::{parse_config, Import};
 use consent_drop::event::EventWriter;
 use consent_drop::parse::{Record, ResolvedEncoding, RowReader};
-use harness::{env_number, proof_rows, wait_until, Daemon, Site, XorShift, IMPORT, LONG};
+use harness::{
+    env_number, proof_rows, wait_until, ConfigDoc, Daemon, Site, XorShift, IMPORT, LONG,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -222,7 +224,11 @@ fn a_big_file_with_no_newline_is_rejected_in_bounded_memory() {
 
 #[test]
 fn invalid_utf8_under_utf8_encoding_rejects_those_rows_only() {
-    let site = Site::new(&IMPORT.replace("encoding = \"auto\"", "encoding = \"utf-8\""));
+    let site = Site::new(
+        &ConfigDoc::of(IMPORT)
+            .change("import[0].encoding", "utf-8")
+            .text(),
+    );
     let daemon = site.start();
     let mut content = proof_rows("u", 100).into_bytes();
     // Lines 11 and 51 (data rows 10 and 50) get bytes that are not UTF-8;
@@ -458,7 +464,11 @@ fn regression_a_file_deleted_while_being_read_ends_failed_and_the_journal_settle
 #[test]
 fn a_name_with_a_newline_is_imported_and_reported() {
     // `.` never matches a newline: the pattern must allow it.
-    let site = Site::new(&IMPORT.replace("^pr-.*$", "^pr-"));
+    let site = Site::new(
+        &ConfigDoc::of(IMPORT)
+            .change("import[0].pattern", "^pr-")
+            .text(),
+    );
     let daemon = site.start();
     let name = "pr-new\nline.csv";
     site.drop_file(name, proof_rows("n", 25).as_bytes());

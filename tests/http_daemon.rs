@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use api_server::{BackgroundApi, ServerOptions};
 use harness::{
-    api_key_credentials, http_sink, proof_rows, token_expired, wait_until, Site, IMPORT, LONG,
+    api_key_credentials, http_sink, proof_rows, token_expired, wait_until, ConfigDoc, Site, IMPORT,
+    LONG,
 };
 
 #[test]
@@ -274,13 +275,9 @@ fn a_ready_token_is_used_and_never_logged() {
         IMPORT,
         &http_sink(&api.server.base_url(), "token_env = \"CD_TEST_TOKEN\"", ""),
     );
-    let config = std::fs::read_to_string(&site.config)
-        .expect("config")
-        .replace(
-            "default_purpose",
-            "disable_integrations = true\ndefault_purpose",
-        );
-    std::fs::write(&site.config, config).expect("config");
+    ConfigDoc::read(&site.config)
+        .set("import[0].disable_integrations", true)
+        .write(&site.config);
     let daemon = site.start_with_env(&[("CD_TEST_TOKEN", token), ("RUST_LOG", "debug")]);
     site.drop_file("pr-token.csv", proof_rows("s", 20).as_bytes());
     assert!(

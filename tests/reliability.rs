@@ -32,24 +32,22 @@ use std::time::{Duration, Instant};
 
 use api_server::{ApiServer, BackgroundApi, ServerOptions};
 use harness::{
-    api_key_credentials, env_number, http_sink, proof_rows, wait_until, Site, XorShift, IMPORT,
+    env_number, http_sink, path_value, proof_rows, wait_until, ConfigDoc, Site, XorShift, IMPORT,
     LONG,
 };
 
 /// A site whose sink is the test API, with an API key and a secret file.
 fn http_site(api: &ApiServer, concurrency: usize) -> Site {
     // The secret goes into the site's own folder, which exists only once the
-    // site does: a placeholder first, then the real lines.
-    const PLACEHOLDER: &str = "# credentials";
-    let sink = http_sink(
-        &api.base_url(),
-        PLACEHOLDER,
-        &format!("concurrency = {concurrency}"),
-    );
+    // site does: the credentials are set after.
+    let sink = http_sink(&api.base_url(), "", &format!("concurrency = {concurrency}"));
     let site = Site::with_sink(IMPORT, &sink);
-    let credentials = api_key_credentials(site.root.path(), "test-secret");
-    let config = std::fs::read_to_string(&site.config).expect("config");
-    std::fs::write(&site.config, config.replace(PLACEHOLDER, &credentials)).expect("config");
+    let secret_file = site.path("secret");
+    std::fs::write(&secret_file, "test-secret").expect("secret");
+    ConfigDoc::read(&site.config)
+        .set("sink.api_key", "test-key")
+        .set("sink.secret_file", path_value(&secret_file))
+        .write(&site.config);
     site
 }
 

@@ -34,15 +34,13 @@ pub struct Site {
 }
 
 impl Site {
-    /// A site with the file sink and the given imports.
+    /// A site with the file sink (to the site's outbox) and the given imports.
     pub fn new(imports: &str) -> Site {
-        Site::with_sink(
-            imports,
-            "kind = \"file\"\ndir = \"OUTBOX\"\nbatch_size = 100",
-        )
+        Site::with_sink(imports, "kind = \"file\"\nbatch_size = 100")
     }
 
-    /// `sink` is the body of the [sink] table; `OUTBOX` is replaced by the outbox path.
+    /// `sink` is the body of the [sink] table; a file sink without `dir`
+    /// writes to the site's outbox.
     pub fn with_sink(imports: &str, sink: &str) -> Site {
         let root = tempfile::tempdir().expect("tempdir");
         let drop = root.path().join("drop");
@@ -50,11 +48,19 @@ impl Site {
         let outbox = root.path().join("outbox");
         std::fs::create_dir_all(&drop).expect("drop folder");
         let config = root.path().join("consent-drop.toml");
-        let text = format!(
-            "[watch]\ndir = {drop:?}\nsettle_ms = 300\nrescan_s = 1\n\n[state]\ndir = {state:?}\n\n[sink]\n{}\n{imports}",
-            sink.replace("OUTBOX", &outbox.to_string_lossy())
-        );
-        std::fs::write(&config, text).expect("config");
+        let mut doc = ConfigDoc::of(&format!("[sink]\n{sink}\n{imports}"))
+            .set("watch", toml::Table::new())
+            .set("watch.dir", path_value(&drop))
+            .set("watch.settle_ms", 300)
+            .set("watch.rescan_s", 1)
+            .set("state", toml::Table::new())
+            .set("state.dir", path_value(&state));
+        if doc.get("sink.kind").and_then(toml::Value::as_str) == Some("file")
+            && doc.get("sink.dir").is_none()
+        {
+            doc = doc.set("sink.dir", path_value(&outbox));
+        }
+        doc.write(&config);
         Site {
             root,
             drop,
@@ -286,6 +292,132 @@ pub fn api_key_credentials(dir: &Path, secret: &str) -> String {
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, secret).expect("secret");
     format!("api_key = \"test-key\"\nsecret_file = {secret_file:?}")
+}
+
+/// A path as a TOML string.
+pub fn path_value(path: &Path) -> toml::Value {
+    toml::Value::String(path.to_string_lossy().into_owned())
+}
+
+/// A config as typed TOML values, changed key by key path (`sink.gzip`,
+/// `import[0].separator`). A change to a key that is not there (or a table
+/// that is not there) fails the test: it never silently does nothing, as a
+/// text replacement does once the base text changes.
+#[derive(Debug, Clone)]
+pub struct ConfigDoc(toml::Table);
+
+impl ConfigDoc {
+    /// Config text (a whole file, or some of its tables, such as [`IMPORT`]).
+    pub fn of(text: &str) -> ConfigDoc {
+        ConfigDoc(toml::from_str(text).unwrap_or_else(|err| panic!("test config: {err}\n{text}")))
+    }
+
+    pub fn read(path: &Path) -> ConfigDoc {
+        ConfigDoc::of(&std::fs::read_to_string(path).expect("read config"))
+    }
+
+    /// The value at `key`, if there is one.
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        let (parents, last) = split_key(key);
+        let mut table = &self.0;
+        for (name, index) in parents {
+            let value = table.get(name)?;
+            table = match index {
+                Some(index) => value.as_array()?.get(index)?.as_table()?,
+                None => value.as_table()?,
+            };
+        }
+        table.get(last)
+    }
+
+    /// Sets `key` (new or not) in a table that must exist.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> ConfigDoc {
+        let (table, last) = self.parent(key);
+        table.insert(last.to_string(), value.into());
+        self
+    }
+
+    /// Changes the value of `key`, which must be set already.
+    pub fn change(mut self, key: &str, value: impl Into<toml::Value>) -> ConfigDoc {
+        let (table, last) = self.parent(key);
+        let slot = table
+            .get_mut(last)
+            .unwrap_or_else(|| panic!("test config: {key} is not set"));
+        *slot = value.into();
+        self
+    }
+
+    /// Removes `key`, which must be set, and returns its value with the doc.
+    pub fn take(mut self, key: &str) -> (ConfigDoc, toml::Value) {
+        let (table, last) = self.parent(key);
+        let value = table
+            .remove(last)
+            .unwrap_or_else(|| panic!("test config: {key} is not set"));
+        (self, value)
+    }
+
+    /// Renames `key` (to misspell it, say), keeping its value.
+    pub fn rename(self, key: &str, to: &str) -> ConfigDoc {
+        let (parent, _) = key.rsplit_once('.').unwrap_or(("", key));
+        let (doc, value) = self.take(key);
+        let target = if parent.is_empty() {
+            to.to_string()
+        } else {
+            format!("{parent}.{to}")
+        };
+        doc.set(&target, value)
+    }
+
+    pub fn text(&self) -> String {
+        toml::to_string(&self.0).expect("config as TOML")
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.text()).expect("write config");
+    }
+
+    fn parent<'k>(&mut self, key: &'k str) -> (&mut toml::Table, &'k str) {
+        let (parents, last) = split_key(key);
+        let mut table = &mut self.0;
+        for (name, index) in parents {
+            let value = table
+                .get_mut(name)
+                .unwrap_or_else(|| panic!("test config: no {name} in {key}"));
+            let value = match index {
+                Some(index) => value
+                    .as_array_mut()
+                    .and_then(|array| array.get_mut(index))
+                    .unwrap_or_else(|| panic!("test config: no {name}[{index}] in {key}")),
+                None => value,
+            };
+            table = value
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("test config: {name} in {key} is not a table"));
+        }
+        (table, last)
+    }
+}
+
+/// `import[0].user_metadata.source` → ([("import", Some(0)), ("user_metadata", None)], "source").
+fn split_key(key: &str) -> (Vec<(&str, Option<usize>)>, &str) {
+    let mut segments: Vec<&str> = key.split('.').collect();
+    let last = segments.pop().unwrap_or("");
+    let parents = segments
+        .into_iter()
+        .map(|segment| match segment.split_once('[') {
+            Some((name, index)) => (
+                name,
+                Some(
+                    index
+                        .trim_end_matches(']')
+                        .parse()
+                        .unwrap_or_else(|_| panic!("test config: bad index in {key}")),
+                ),
+            ),
+            None => (segment, None),
+        })
+        .collect();
+    (parents, last)
 }
 
 /// Whether a JWT's `exp` (Unix seconds, in its payload) has passed: the
