@@ -62,7 +62,7 @@ impl StateDirs {
             &dirs.failed,
             &dirs.work,
         ] {
-            fs::create_dir_all(dir).map_err(io_at(dir))?;
+            create_dir_durably(dir)?;
         }
         Ok(dirs)
     }
@@ -263,11 +263,31 @@ pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
 /// Moves a file within the state folder (same file system) durably.
 pub fn move_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
     if let Some(parent) = destination.parent() {
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        create_dir_durably(parent)?;
     }
     fs::rename(source, destination).map_err(io_at(source))?;
     sync_dir_of(destination)?;
     sync_dir_of(source)
+}
+
+/// Creates `dir` and its missing parents, each new folder made durable:
+/// an fsync of the folder that holds it, or a power cut takes the folder
+/// back, and everything moved into it since.
+pub fn create_dir_durably(dir: &Path) -> Result<(), ClaimError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        // Made meanwhile by another file's finish: synced here too.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(err) => return Err(io_at(dir)(err)),
+    }
+    // The new folder's name is durable only once its parent is synced.
+    sync_dir_of(dir)
 }
 
 pub fn sync_dir_of(path: &Path) -> Result<(), ClaimError> {

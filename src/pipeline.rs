@@ -806,10 +806,7 @@ async fn finish(
             .join(Utc::now().format("%Y-%m-%d").to_string()),
         _ => ctx.dirs.failed.clone(),
     };
-    std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    claim::create_dir_durably(&dir)?;
     let placement = claim::choose_placement(&dir, &occurrence.file_name, &occurrence.id);
 
     // Rejects: those of validation, then those the receiver refused.

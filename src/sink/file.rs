@@ -36,7 +36,7 @@ impl FileSink {
         resume_cursor: Option<u64>,
     ) -> Result<FileDelivery, SinkError> {
         let dir = &self.settings.dir;
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        claim::create_dir_durably(dir).map_err(sink_error)?;
         let partial = dir.join(format!("{}.ndjson.partial", target.output_stem));
         let complete = dir.join(format!("{}.ndjson", target.output_stem));
         // A crash between the final rename and the journal's record of it
@@ -141,8 +141,11 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
 
 /// Makes a rename durable.
 fn sync_parent(path: &Path) -> Result<(), SinkError> {
-    claim::sync_dir_of(path)
-        .map_err(|ClaimError::Io { path, source }| SinkError::Io { path, source })
+    claim::sync_dir_of(path).map_err(sink_error)
+}
+
+fn sink_error(ClaimError::Io { path, source }: ClaimError) -> SinkError {
+    SinkError::Io { path, source }
 }
 
 #[cfg(test)]
