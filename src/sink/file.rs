@@ -43,13 +43,20 @@ impl FileSink {
         // leaves the complete file: take it back and resume as usual.
         if resume_cursor.is_some() && complete.exists() && !partial.exists() {
             std::fs::rename(&complete, &partial).map_err(io_at(&partial))?;
+            // Durable before the file grows: a cut must not bring back a "complete" file that is not.
+            sync_parent(&partial)?;
         }
+        let created = !partial.exists();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&partial)
             .map_err(io_at(&partial))?;
+        if created {
+            // The new name is durable before an ack counts bytes of the file.
+            sync_parent(&partial)?;
+        }
         let written = resume_cursor.unwrap_or(0);
         // What was written after the last acknowledged fsync is cut away: those
         // batches are sent again, and must not appear twice.
