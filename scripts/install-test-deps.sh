@@ -1,10 +1,11 @@
 #!/bin/sh
 # Installs the system packages the opt-in SFTP end-to-end test needs
 # (tests/sftp.rs): OpenSSH's server and client, rsync, and a curl built with
-# SFTP support (Debian's curl uses libssh2). Idempotent; run as root.
+# SFTP support (Debian's curl uses libssh2); and fuse3 (fusermount3) for the
+# power-cut file system of tests/powercut.rs. Idempotent; run as root.
 set -eu
 
-packages="openssh-server openssh-client rsync curl"
+packages="openssh-server openssh-client rsync curl fuse3"
 
 missing=""
 for package in $packages; do
@@ -28,7 +29,11 @@ if ! curl -V | grep -i '^Protocols:' | grep -qw sftp; then
     echo "install-test-deps: this curl has no sftp protocol support" >&2
     exit 1
 fi
-for tool in /usr/sbin/sshd ssh sftp ssh-keygen rsync curl; do
+if [ ! -e /dev/fuse ]; then
+    echo "install-test-deps: no /dev/fuse: the power-cut tests cannot mount their file system" >&2
+    exit 1
+fi
+for tool in /usr/sbin/sshd ssh sftp ssh-keygen rsync curl fusermount3; do
     command -v "$tool" >/dev/null || { echo "install-test-deps: $tool missing" >&2; exit 1; }
 done
-echo "install-test-deps: openssh-server, openssh-client, rsync and curl (sftp) are ready"
+echo "install-test-deps: openssh-server, openssh-client, rsync, curl (sftp) and fuse3 are ready"

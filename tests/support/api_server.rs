@@ -261,6 +261,16 @@ impl ApiServer {
             .collect()
     }
 
+    /// Stored events from the `start`-th on (what came since a first look).
+    pub fn events_since(&self, start: usize) -> Vec<Value> {
+        let state = self.state.lock();
+        let events = state.events.get(start..).unwrap_or_default();
+        events
+            .iter()
+            .filter_map(|event| serde_json::from_str(event).ok())
+            .collect()
+    }
+
     pub fn event_count(&self) -> usize {
         self.state.lock().events.len()
     }
