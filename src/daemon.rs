@@ -95,6 +95,11 @@ pub async fn run(
     };
 
     ctx.sink.check_purposes(&config.imports);
+    crate::retention::spawn(
+        dirs.root.clone(),
+        config.archive_days,
+        controls.shutdown.clone(),
+    );
     let mut queue: Vec<(Instant, Work)> = Vec::new();
     let mut backoffs: HashMap<String, Duration> = HashMap::new();
     for work in recover(&ctx, &config)? {

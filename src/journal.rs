@@ -148,6 +148,12 @@ CREATE TABLE IF NOT EXISTS refusals (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refusals_by_occurrence ON refusals(occurrence_id);
+CREATE TABLE IF NOT EXISTS acks (
+    occurrence_id TEXT NOT NULL,
+    batches_acked INTEGER NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS acks_by_occurrence ON acks(occurrence_id, batches_acked);
 ";
 
 const COLUMNS: &str = "id, import, file_name, processing_path, sha256, size, status, claimed_at, \
@@ -281,6 +287,15 @@ impl Journal {
                     refusals.len() as i64
                 ],
             )?;
+            // When batches were acknowledged, for `trace`.
+            tx.execute(
+                "INSERT INTO acks (occurrence_id, batches_acked, at) VALUES (?1, ?2, ?3)",
+                params![
+                    id,
+                    batches_acked as i64,
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ],
+            )?;
             tx.commit()
         })();
         result.map_err(|e| self.fail(e))
@@ -351,6 +366,20 @@ impl Journal {
                 })
             },
         )
+    }
+
+    /// When batch `seq` (from 0) of an occurrence was known acknowledged:
+    /// the first recorded progress that covered it.
+    pub fn acknowledged_at(&self, id: &str, seq: u64) -> Result<Option<String>, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT at FROM acks WHERE occurrence_id = ?1 AND batches_acked > ?2
+                 ORDER BY batches_acked LIMIT 1",
+                params![id, seq as i64],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.fail(e))
     }
 
     fn select(

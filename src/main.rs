@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use consent_drop::commands::{self, CheckOptions, Exit, ImportOptions};
+use consent_drop::commands::{self, CheckOptions, Exit, ImportOptions, TraceOptions};
 use consent_drop::logging::{self, LogFormat};
 
 /// Watches an SFTP drop folder for consent-proof files and delivers them as consent events.
@@ -61,6 +61,30 @@ enum Command {
         limit: usize,
         #[arg(long)]
         json: bool,
+    },
+    /// The archived proof behind an event id, or every proof of one contact.
+    Trace {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Every proof held for this e-mail (a data subject's access request).
+        #[arg(long, conflicts_with = "event_id")]
+        email: Option<String>,
+        /// One JSON object a proof.
+        #[arg(long)]
+        json: bool,
+        #[arg(required_unless_present = "email")]
+        event_id: Option<String>,
+    },
+    /// Put quarantined files that the current config reads well back into the drop folder.
+    Retry {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Every file in failed/.
+        #[arg(long, conflicts_with = "files")]
+        all: bool,
+        /// Files of failed/ (`failed/NAME`, relative to the state folder or here).
+        #[arg(required_unless_present = "all")]
+        files: Vec<PathBuf>,
     },
     /// Write a sample proof file in an import's format.
     Sample {
@@ -127,6 +151,23 @@ fn main() -> ExitCode {
             limit,
             json,
         } => commands::status(config.as_deref(), *limit, *json, &mut out),
+        Command::Trace {
+            config,
+            email,
+            json,
+            event_id,
+        } => commands::trace(
+            &TraceOptions {
+                config: config.as_deref(),
+                event_id: event_id.as_deref(),
+                email: email.as_deref(),
+                json: *json,
+            },
+            &mut out,
+        ),
+        Command::Retry { config, all, files } => {
+            commands::retry(config.as_deref(), files, *all, &mut out)
+        }
         Command::Sample {
             config,
             import,

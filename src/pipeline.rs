@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::claim::{self, ClaimError, Fingerprint, StateDirs};
 use crate::config::Import;
 use crate::event::EventWriter;
+use crate::index;
 use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
 use crate::parse::{Record, ResolvedEncoding, RowReader};
 use crate::sink::{Ack, Batch, DeliveryTarget, Refusal, Sink, SinkError};
@@ -50,6 +51,8 @@ pub enum PipelineError {
     },
     #[error("a worker thread stopped unexpectedly: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
 }
 
 pub use crate::metrics::Counters;
@@ -389,15 +392,17 @@ async fn deliver(
         let fingerprint = fingerprint.clone();
         let batch_size = plan.batch_size;
         let skip = plan.skip;
+        let ids =
+            index::Recorder::create(&index::work_path(&ctx.dirs.work, &occurrence.id), skip == 0);
         tokio::task::spawn_blocking(move || {
             produce_batches(
                 &import,
                 &path,
                 &file_name,
                 &fingerprint,
-                batch_size,
-                skip,
+                (batch_size, skip),
                 sender,
+                ids,
             )
         })
     };
@@ -627,9 +632,9 @@ fn produce_batches(
     path: &Path,
     file_name: &str,
     fingerprint: &Fingerprint,
-    batch_size: u64,
-    skip_batches: u64,
+    (batch_size, skip_batches): (u64, u64),
     sender: tokio::sync::mpsc::Sender<Batch>,
+    mut ids: index::Recorder,
 ) -> Result<(), PipelineError> {
     let io_error = |source| PipelineError::Io {
         path: path.to_path_buf(),
@@ -648,13 +653,14 @@ fn produce_batches(
                     .reserve(block.text.len() * 3 + 512 * block.rows.len());
                 for row in block.rows() {
                     batch.push_with(row.line, |out| {
-                        writer.write(&row, out);
+                        ids.record(&writer.write(&row, out), row.line);
                     });
                 }
                 if sender.blocking_send(batch).is_err() {
                     return; // the delivery stopped (shutdown)
                 }
             }
+            ids.finish();
         });
         // Owned here, so that the event thread sees the end when this returns.
         let blocks = blocks;
@@ -835,6 +841,24 @@ async fn finish(
     })?;
     claim::write_durably(&placement.report, &json)?;
 
+    if let (Some((work, print)), Verdict::Archived, true) = (source, report.status, present) {
+        let day = dir.file_name().map(|d| d.to_string_lossy().into_owned());
+        let path = &occurrence.processing_path;
+        index::seal(
+            &ctx.dirs.root,
+            &ctx.dirs.work,
+            &day.unwrap_or_default(),
+            &occurrence.id,
+            report.rows_accepted,
+            |ids| {
+                index::record_rows(
+                    open_rows(&work.import, path, print)?.0,
+                    &work.import.name,
+                    ids,
+                )
+            },
+        )?;
+    }
     if present {
         ctx.journal()
             .record_outcome_path(&occurrence.id, &placement.file)?;

@@ -1,13 +1,15 @@
-//! commands: `check`, `import`, `sample` and `status` (SPEC §5); `run` is
+//! commands: `check`, `import`, `sample`, `status`, `trace` and `retry` (SPEC §5); `run` is
 //! in [`crate::daemon`]. One file a command that needs more than a screen:
 //! [`check`](mod@check) (the config, the folders, dry runs of files),
 //! [`import`](mod@import) (one file through the pipeline now), and
-//! [`status`](mod@status) (the journal's recent occurrences).
+//! [`status`](mod@status) (the journal's recent occurrences), and
+//! [`audit`](mod@audit) (`trace` and `retry`).
 //!
 //! Each command takes its arguments as plain values and returns an [`Exit`];
 //! [`CommandError::exit`] is the one place errors become exit codes. Output
 //! for people goes to stdout; logs go to stderr.
 
+mod audit;
 mod check;
 mod import;
 mod status;
@@ -24,6 +26,7 @@ use crate::journal::JournalError;
 use crate::pipeline::PipelineError;
 use crate::sink::SinkError;
 
+pub use audit::{retry, trace, TraceOptions};
 pub use check::{check, CheckOptions};
 pub use import::{import, ImportOptions};
 pub use status::status;
@@ -54,6 +57,12 @@ pub enum CommandError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
+    #[error(transparent)]
+    Retry(#[from] crate::retry::RetryError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -65,7 +74,9 @@ pub enum CommandError {
 impl CommandError {
     pub fn exit(&self) -> Exit {
         match self {
-            CommandError::Config(_) | CommandError::Usage(_) => Exit::Usage,
+            CommandError::Config(_)
+            | CommandError::Usage(_)
+            | CommandError::Retry(crate::retry::RetryError::NotInFailed(..)) => Exit::Usage,
             _ => Exit::Failure,
         }
     }

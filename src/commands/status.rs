@@ -54,6 +54,16 @@ pub fn status(
         writeln!(out, "{text}").map_err(stdout_error)?;
         return Ok(Exit::Success);
     }
+    let usage = crate::retention::archive_usage(&config.state_dir.join("archive"))?;
+    writeln!(
+        out,
+        "archive: {} in {} file(s) over {} day(s), oldest day {}",
+        crate::retention::human_bytes(usage.bytes),
+        usage.files,
+        usage.days,
+        usage.oldest_day.as_deref().unwrap_or("-")
+    )
+    .map_err(stdout_error)?;
     writeln!(
         out,
         "{:<36}  {:<20}  {:<16}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  file",

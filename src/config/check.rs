@@ -53,6 +53,12 @@ impl Checker<'_> {
                 "must not be inside the drop folder, nor contain it",
             ));
         }
+        if raw.state.archive_days == Some(0) {
+            return Err(self.fail(
+                "state.archive_days",
+                "must be at least 1 (leave it out to keep the archive forever)",
+            ));
+        }
         let sink = match raw.sink {
             None => return Err(self.fail("sink", "missing: add a [sink] table")),
             Some(RawSink::File(file)) => self.file_sink(file)?,
@@ -91,6 +97,7 @@ impl Checker<'_> {
             source: self.source.to_string(),
             watch,
             state_dir,
+            archive_days: raw.state.archive_days,
             sink,
             metrics_listen: raw.metrics.map(|metrics| metrics.listen),
             imports,

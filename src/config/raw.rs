@@ -60,6 +60,9 @@ pub(super) struct RawWatch {
 pub(super) struct RawState {
     /// The journal, processing/, archive/ and failed/ live here.
     pub dir: PathBuf,
+    /// Archive days older than this many days are deleted (files, reports,
+    /// rejects, index entries). Absent: the archive is kept forever.
+    pub archive_days: Option<u32>,
 }
 
 /// `[sink]`, one table whose `kind` says which keys it may hold.

@@ -22,6 +22,8 @@ pub struct Config {
     pub source: String,
     pub watch: WatchSettings,
     pub state_dir: PathBuf,
+    /// `[state] archive_days`: how many days `archive/` keeps; `None`: forever.
+    pub archive_days: Option<u32>,
     pub sink: SinkSettings,
     pub metrics_listen: Option<String>,
     pub imports: Vec<Arc<Import>>,

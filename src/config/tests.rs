@@ -342,3 +342,13 @@ fn an_import_organization_overrides_the_sinks() {
         .key
         .ends_with(".organization_id"));
 }
+
+#[test]
+fn archive_days_is_kept_forever_unless_given_and_never_zero() {
+    assert_eq!(parse(MINIMAL).expect("valid").archive_days, None);
+    let with = MINIMAL.replace("dir = \"state\"", "dir = \"state\"\narchive_days = 30");
+    assert_eq!(parse(&with).expect("valid").archive_days, Some(30));
+    let zero = MINIMAL.replace("dir = \"state\"", "dir = \"state\"\narchive_days = 0");
+    let err = parse(&zero).expect_err("0 deletes everything");
+    assert!(err.to_string().contains("state.archive_days"), "{err}");
+}

@@ -1,0 +1,430 @@
+//! trace: from an event id, or a contact's e-mail, back to the archived
+//! proof (SPEC §5, `consent-drop trace`).
+//!
+//! A proof is shown with what an auditor needs to trust it: the occurrence
+//! and import, the archived file with its SHA-256 computed now and compared
+//! with the journal's (a difference means the archive was altered), the line
+//! and the original line decoded as the import reads the file, the report,
+//! when the batch was acknowledged, and the event rebuilt from the line.
+//! Files are read with the same functions as an import
+//! ([`crate::pipeline::open_rows`]), so every encoding an import reads is
+//! read here the same way. By id, the [`crate::index`] says where to look;
+//! by e-mail, every archived file is read. It never writes anything.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::claim;
+use crate::config::{Config, Import};
+use crate::event::EventWriter;
+use crate::index::{self, IndexError};
+use crate::journal::{Journal, JournalError, Occurrence};
+use crate::parse::Record;
+use crate::pipeline;
+
+pub mod show;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> TraceError + '_ {
+    move |source| TraceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What became of one row of a proof file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fate {
+    /// Sent and acknowledged.
+    Delivered,
+    /// Sent, and refused by the receiver (a rejected row with its message).
+    Refused,
+    /// Rejected on import: never sent.
+    Rejected,
+    /// The file had the content of an earlier occurrence: not sent again.
+    Duplicate,
+}
+
+/// One proof, as `trace` shows it (`--json`: one such object per proof).
+#[derive(Debug, Clone, Serialize)]
+pub struct Proof {
+    pub event_id: Option<String>,
+    pub fate: Fate,
+    pub occurrence_id: String,
+    pub import: String,
+    pub organization_id: Option<String>,
+    pub claimed_at: String,
+    pub file: PathBuf,
+    pub sha256_journal: Option<String>,
+    pub sha256_now: String,
+    pub sha256_matches: bool,
+    pub line: u64,
+    pub original_line: String,
+    /// Why the row was rejected or refused.
+    pub reason: Option<String>,
+    pub report_file: PathBuf,
+    pub report: Option<serde_json::Value>,
+    /// The batch of the occurrence the event went in, from 0.
+    pub batch: Option<u64>,
+    pub acknowledged_at: Option<String>,
+    /// The event as sent, rebuilt from the line with the import's config.
+    pub event: Option<serde_json::Value>,
+    /// Anything that keeps this proof from being complete.
+    pub notes: Vec<String>,
+}
+
+/// What `trace EVENT_ID` found.
+#[derive(Debug)]
+pub enum Traced {
+    Found(Vec<Proof>),
+    /// The id was archived on a day that retention has since deleted.
+    Pruned(index::Pruned),
+    NeverImported,
+}
+
+/// Where an archived file lives in the journal and on disk.
+struct Held<'c> {
+    occurrence: Occurrence,
+    file: PathBuf,
+    import: Option<&'c Import>,
+    print: claim::Fingerprint,
+}
+
+/// The organization the events of an occurrence's import go to: the
+/// import's own, else the sink's.
+fn organization(config: &Config, import: Option<&Import>) -> Option<String> {
+    match import {
+        Some(import) => import.organization().map(str::to_string),
+        None => config.sink.organization_id().map(str::to_string),
+    }
+}
+
+fn report_path(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(claim::fit_name(&name, ".report.json"))
+}
+
+fn rejects_path(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(claim::fit_name(&name, ".rejects.csv"))
+}
+
+/// The proofs behind one event id.
+pub fn trace_event(
+    config: &Config,
+    journal: &Journal,
+    id: &uuid::Uuid,
+) -> Result<Traced, TraceError> {
+    let hits = index::lookup(&config.state_dir, id)?;
+    let mut proofs = Vec::new();
+    for hit in hits {
+        let Some(occurrence) = journal.get(&hit.occurrence_id)? else {
+            continue;
+        };
+        let held = hold(config, occurrence)?;
+        let wanted = Wanted::Id(*id, hit.line);
+        let mut found = read_proofs(config, journal, &held, &wanted)?;
+        proofs.append(&mut found);
+    }
+    if !proofs.is_empty() {
+        return Ok(Traced::Found(proofs));
+    }
+    Ok(match index::find_pruned(&config.state_dir, id)? {
+        Some(pruned) => Traced::Pruned(pruned),
+        None => Traced::NeverImported,
+    })
+}
+
+fn hold(config: &Config, occurrence: Occurrence) -> Result<Held<'_>, TraceError> {
+    let file = occurrence
+        .outcome_path
+        .clone()
+        .unwrap_or_else(|| occurrence.processing_path.clone());
+    let print = claim::fingerprint(&file).map_err(io_at(&file))?;
+    let import = config
+        .import_named(&occurrence.import)
+        .map(|import| import.as_ref());
+    Ok(Held {
+        occurrence,
+        file,
+        import,
+        print,
+    })
+}
+
+/// Which rows of a file are wanted.
+enum Wanted {
+    /// The row of this event (at this line, or by id when the line is unknown).
+    Id(uuid::Uuid, u32),
+    /// Every row of this normalised e-mail.
+    Email(String),
+}
+
+/// The e-mail as an import stores it: trimmed and lower-cased.
+pub fn normalise_email(address: &str) -> String {
+    address
+        .trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Reads one held file for the wanted rows; counts rows read in `rows`.
+fn read_proofs(
+    config: &Config,
+    journal: &Journal,
+    held: &Held<'_>,
+    wanted: &Wanted,
+) -> Result<Vec<Proof>, TraceError> {
+    let occurrence = &held.occurrence;
+    let sha256_matches = occurrence.sha256.as_deref() == Some(held.print.sha256.as_str());
+    let report_file = report_path(&held.file);
+    let report = std::fs::read(&report_file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let duplicate = occurrence.status == crate::journal::Status::Duplicate;
+    let refusals = journal.refusals(&occurrence.id)?;
+    let base = |line: u64, original_line: String| Proof {
+        event_id: None,
+        fate: if duplicate {
+            Fate::Duplicate
+        } else {
+            Fate::Delivered
+        },
+        occurrence_id: occurrence.id.clone(),
+        import: occurrence.import.clone(),
+        organization_id: organization(config, held.import),
+        claimed_at: occurrence.claimed_at.clone(),
+        file: held.file.clone(),
+        sha256_journal: occurrence.sha256.clone(),
+        sha256_now: held.print.sha256.clone(),
+        sha256_matches,
+        line,
+        original_line,
+        reason: None,
+        report_file: report_file.clone(),
+        report: report.clone(),
+        batch: None,
+        acknowledged_at: None,
+        event: None,
+        notes: Vec::new(),
+    };
+    let Some(import) = held.import else {
+        let mut proof = base(0, String::new());
+        proof.notes.push(format!(
+            "the current config has no import named {:?}: the file cannot be read",
+            occurrence.import
+        ));
+        return Ok(vec![proof]);
+    };
+    let source_sha = occurrence.sha256.as_deref().unwrap_or(&held.print.sha256);
+    let mut writer = EventWriter::new(import, &occurrence.file_name, source_sha);
+    let (mut reader, encoding) =
+        pipeline::open_rows(import, &held.file, &held.print).map_err(io_at(&held.file))?;
+    let batch_size = occurrence.batch_size.unwrap_or(1).max(1);
+    let mut proofs = Vec::new();
+    let mut ordinal = 0u64;
+    let mut event = Vec::new();
+    loop {
+        let row = match reader.next_record() {
+            Ok(None) => break,
+            Ok(Some(Record::Reject(_))) => continue,
+            Ok(Some(Record::Row(row))) => row,
+            Err(crate::parse::ParseError::Io(err)) => return Err(io_at(&held.file)(err)),
+        };
+        ordinal += 1;
+        let chosen = match wanted {
+            Wanted::Id(_, line) if *line != index::LINE_UNKNOWN => u64::from(*line) == row.line,
+            Wanted::Id(id, _) => crate::event::event_id(&import.name, &row) == *id,
+            Wanted::Email(email) => row.email == email,
+        };
+        if !chosen {
+            continue;
+        }
+        event.clear();
+        let id = writer.write(&row, &mut event);
+        let mut proof = base(row.line, encoding.decode_lossy(row.raw).into_owned());
+        proof.event_id = Some(id.to_string());
+        proof.event = serde_json::from_slice(&event).ok();
+        if let Wanted::Id(wanted_id, _) = wanted {
+            if id != *wanted_id {
+                proof.notes.push(format!(
+                    "the import's current config builds event {id} from this line, not {wanted_id}: the import was changed since"
+                ));
+            }
+        }
+        if let Some(refusal) = refusals.iter().find(|refusal| refusal.line == row.line) {
+            proof.fate = Fate::Refused;
+            proof.reason = Some(refusal.message.clone());
+        }
+        if !duplicate {
+            let seq = (ordinal - 1) / batch_size;
+            proof.batch = Some(seq);
+            proof.acknowledged_at = journal
+                .acknowledged_at(&occurrence.id, seq)?
+                .or_else(|| occurrence.finished_at.clone());
+        }
+        proofs.push(proof);
+        if matches!(wanted, Wanted::Id(..)) {
+            break;
+        }
+    }
+    if let Wanted::Email(email) = wanted {
+        let refused: HashSet<u64> = refusals.iter().map(|refusal| refusal.line).collect();
+        for (line, reason, original) in rejected_rows(&rejects_path(&held.file))? {
+            if refused.contains(&line) || !first_field_is(&original, import, email) {
+                continue;
+            }
+            let mut proof = base(line, original);
+            proof.fate = Fate::Rejected;
+            proof.reason = Some(reason);
+            proofs.push(proof);
+        }
+        proofs.sort_by_key(|proof| proof.line);
+    }
+    if !sha256_matches {
+        for proof in &mut proofs {
+            proof.notes.push(
+                "THE ARCHIVED FILE WAS ALTERED: its SHA-256 is not the one the journal recorded"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(proofs)
+}
+
+/// `(line, reason, original_line)` of a `.rejects.csv`; none when absent.
+fn rejected_rows(path: &Path) -> Result<Vec<(u64, String, String)>, TraceError> {
+    let mut reader = match csv::Reader::from_path(path) {
+        Ok(reader) => reader,
+        Err(_) if !path.exists() => return Ok(Vec::new()),
+        Err(err) => return Err(io_at(path)(std::io::Error::other(err))),
+    };
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|err| io_at(path)(std::io::Error::other(err)))?;
+        let line = record.get(0).and_then(|l| l.parse().ok()).unwrap_or(0);
+        rows.push((
+            line,
+            record.get(1).unwrap_or("").to_string(),
+            record.get(2).unwrap_or("").to_string(),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Whether a rejected line's first field is this e-mail.
+fn first_field_is(original: &str, import: &Import, email: &str) -> bool {
+    let separator = char::from(import.format.separator.byte());
+    let first = original.split(separator).next().unwrap_or("");
+    normalise_email(first.trim().trim_matches('"')) == email
+}
+
+/// What `trace --email` found, and how much it read.
+#[derive(Debug, Default)]
+pub struct EmailTrace {
+    pub proofs: Vec<Proof>,
+    pub files_read: u64,
+    pub bytes_read: u64,
+}
+
+/// Every proof of one contact across `archive/`, newest occurrence first.
+pub fn trace_email(
+    config: &Config,
+    journal: &Journal,
+    address: &str,
+) -> Result<EmailTrace, TraceError> {
+    let email = normalise_email(address);
+    let mut found = EmailTrace::default();
+    let archive = config.state_dir.join("archive");
+    for day in list_days(&archive)? {
+        for file in archived_files(&archive.join(&day))? {
+            let Some(occurrence_id) = report_occurrence(&report_path(&file)) else {
+                continue;
+            };
+            let Some(occurrence) = journal.get(&occurrence_id)? else {
+                continue;
+            };
+            let held = hold(
+                config,
+                Occurrence {
+                    outcome_path: Some(file.clone()),
+                    ..occurrence
+                },
+            )?;
+            found.files_read += 1;
+            found.bytes_read += held.print.size;
+            found.proofs.extend(read_proofs(
+                config,
+                journal,
+                &held,
+                &Wanted::Email(email.clone()),
+            )?);
+        }
+    }
+    // Newest occurrence first; a file's rows in order.
+    found
+        .proofs
+        .sort_by(|a, b| b.claimed_at.cmp(&a.claimed_at).then(a.line.cmp(&b.line)));
+    Ok(found)
+}
+
+/// The day folders of `archive/`, newest first.
+pub fn list_days(archive: &Path) -> Result<Vec<String>, TraceError> {
+    let mut days = Vec::new();
+    let entries = match std::fs::read_dir(archive) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(days),
+        Err(err) => return Err(io_at(archive)(err)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if index::is_day(&name) && entry.path().is_dir() {
+            days.push(name);
+        }
+    }
+    days.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(days)
+}
+
+/// The proof files of one archive day (not their reports or rejects).
+fn archived_files(dir: &Path) -> Result<Vec<PathBuf>, TraceError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let companion = name.ends_with(".report.json") || name.ends_with(".rejects.csv");
+        if !companion && entry.file_type().is_ok_and(|t| t.is_file()) {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn report_occurrence(report: &Path) -> Option<String> {
+    let bytes = std::fs::read(report).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("occurrence_id")?.as_str().map(str::to_string)
+}
