@@ -42,9 +42,12 @@ start=$SECONDS
 echo "== tests/reliability.rs (ignored tests)"
 cargo test "${profile[@]}" --test reliability -- --ignored --test-threads 1 --nocapture
 echo "== tests/powercut.rs (ignored tests: FUSE power cuts)"
-cargo test "${profile[@]}" --test powercut -- --ignored --test-threads 1 --nocapture
+cargo test "${profile[@]}" --test powercut -- --ignored --test-threads 1 --nocapture --skip without_
 echo "== tests/hostile.rs at scale"
 cargo test "${profile[@]}" --test hostile hostile_files_at_scale -- --ignored --nocapture
 echo "== fuzzing (${FUZZ_CASES} cases each)"
 cargo test "${profile[@]}" --test hostile fuzz_
+echo "== tests/powercut.rs with a deliberate fault: the crash test must catch a missing fsync"
+# Last: a build with the feature, so that the steps above share one build.
+cargo test "${profile[@]}" --features fault-injection --test powercut without_ -- --ignored --nocapture
 echo "== reliability suite passed in $((SECONDS - start)) s"

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod fault;
 pub mod index;
 pub mod journal;
 pub mod logging;

@@ -11,6 +11,11 @@
 //! |---|---|---|
 //! | `POWERCUT_CUTS` | 10 | 500 |
 //! | `POWERCUT_SEED` | 0x9C17 | any |
+//! | `POWERCUT_MAX_OPS` (operations between two cuts, at most) | 3000 | 3000 |
+//! | `POWERCUT_FAULT_CUTS` (cuts the deliberate fault is given) | 30 | 30 |
+//!
+//! The deliberate fault needs a build with `--features fault-injection`.
+//! Tests named `regression_*` reproduce bugs this suite found, now fixed.
 
 #[path = "support/api_server.rs"]
 mod api_server;
@@ -834,6 +839,36 @@ fn power_cuts_at_random_moments_lose_and_duplicate_nothing() {
     match crash_loop(cuts, seed, max_ops, None) {
         Ok(summary) => eprintln!("{summary}"),
         Err(violation) => panic!("{violation}"),
+    }
+}
+
+/// The crash test must fail when an fsync it relies on is gone: a build
+/// with `--features fault-injection` skips the file sink's fdatasync (its
+/// acknowledgement) when `CONSENT_DROP_FAULT=file-sink-fdatasync`.
+#[test]
+#[ignore = "needs FUSE and a build with --features fault-injection; POWERCUT_FAULT_CUTS"]
+fn without_the_file_sinks_fdatasync_the_power_cut_test_fails() {
+    let name = "without_the_file_sinks_fdatasync_the_power_cut_test_fails";
+    if !cfg!(feature = "fault-injection") {
+        assert!(
+            std::env::var_os("CONSENT_DROP_REQUIRE_ROOT").is_none(),
+            "{name}: build with --features fault-injection"
+        );
+        eprintln!("SKIPPED {name}: not built with --features fault-injection");
+        return;
+    }
+    if !fuse_ready(name) {
+        return;
+    }
+    let cuts = env_number("POWERCUT_FAULT_CUTS", 30);
+    let seed = env_number("POWERCUT_SEED", 0x9C17);
+    let max_ops = env_number("POWERCUT_MAX_OPS", 3000);
+    match crash_loop(cuts, seed, max_ops, Some("file-sink-fdatasync")) {
+        Ok(summary) => panic!("the fault went unnoticed: {summary}"),
+        Err(violation) => {
+            let first = violation.lines().next().unwrap_or("");
+            eprintln!("the fault is caught: {first}");
+        }
     }
 }
 
