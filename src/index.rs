@@ -548,98 +548,157 @@ fn tomb_path(state: &Path, day: &str) -> PathBuf {
 
 /// Replaces a day's runs by its tombstone (the sorted id prefixes and the
 /// occurrences), durably, then removes the runs. Returns how many entries
-/// the day had.
+/// the day had. The prefixes are merged from the runs as a stream: memory
+/// does not grow with the day.
 pub fn prune_day(state: &Path, day: &str, pruned_at: &str) -> Result<u64, IndexError> {
     let dir = root(state).join(day);
     let mut occurrences = Vec::new();
-    let mut keys = Vec::new();
+    let mut sources = Vec::new();
     for (_, path) in runs_in(&dir)? {
         let (run, _) = Run::open(&path)?;
-        let mut source = run.source(0)?;
-        source.advance().map_err(io_at(&path))?;
-        while let Some((key, _, _)) = source.head {
-            keys.push(key);
-            source.advance().map_err(io_at(&path))?;
-        }
+        sources.push(run.source(0)?);
         occurrences.extend(run.occurrences);
     }
-    keys.sort_unstable();
-    keys.dedup();
     let tomb = tomb_path(state, day);
     if let Some(parent) = tomb.parent() {
         fs::create_dir_all(parent).map_err(io_at(parent))?;
     }
-    // Pruned twice (a crash after the tombstone): keep what the first knew.
-    if !keys.is_empty() || !tomb.exists() {
-        let mut bytes = Vec::with_capacity(64 + keys.len() * 8);
-        bytes.extend_from_slice(TOMB_MAGIC);
-        let header = format!("{pruned_at}\n{}\n", occurrences.join(","));
-        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(header.as_bytes());
-        for key in &keys {
-            bytes.extend_from_slice(&key.to_le_bytes());
-        }
-        claim::write_durably(&tomb, &bytes)?;
+    // Pruned again after a crash that followed the tombstone: the runs are
+    // gone, the tombstone already says what the day held.
+    let mut written = 0;
+    if !sources.is_empty() || !tomb.exists() {
+        written = write_tomb(&tomb, pruned_at, &occurrences, sources)?;
     }
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
         claim::sync_dir_of(&dir)?;
     }
-    Ok(keys.len() as u64)
+    Ok(written)
 }
 
-/// The pruned day that held `id`, if a tombstone says so.
+fn write_tomb(
+    tomb: &Path,
+    pruned_at: &str,
+    occurrences: &[String],
+    mut sources: Vec<Source>,
+) -> Result<u64, IndexError> {
+    let temporary = tomb.with_extension("tomb.partial");
+    let result = (|| -> io::Result<u64> {
+        let mut out = BufWriter::with_capacity(256 * 1024, File::create(&temporary)?);
+        out.write_all(TOMB_MAGIC)?;
+        let header = format!("{pruned_at}\n{}\n", occurrences.join(","));
+        out.write_all(&(header.len() as u32).to_le_bytes())?;
+        out.write_all(header.as_bytes())?;
+        let mut heads = std::collections::BinaryHeap::new();
+        for (index, source) in sources.iter_mut().enumerate() {
+            source.advance()?;
+            if let Some((key, _, _)) = source.head {
+                heads.push(std::cmp::Reverse((key, index)));
+            }
+        }
+        let mut last = None;
+        let mut written = 0;
+        while let Some(std::cmp::Reverse((key, index))) = heads.pop() {
+            if last != Some(key) {
+                out.write_all(&key.to_le_bytes())?;
+                written += 1;
+                last = Some(key);
+            }
+            let source = &mut sources[index];
+            source.advance()?;
+            if let Some((key, _, _)) = source.head {
+                heads.push(std::cmp::Reverse((key, index)));
+            }
+        }
+        let file = out.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        fs::rename(&temporary, tomb)?;
+        Ok(written)
+    })();
+    match result {
+        Ok(written) => {
+            claim::sync_dir_of(tomb)?;
+            Ok(written)
+        }
+        Err(err) => {
+            let _ = fs::remove_file(&temporary);
+            Err(io_at(tomb)(err))
+        }
+    }
+}
+
+/// The pruned day that held `id`, if a tombstone says so: a binary search
+/// of each tombstone's prefixes, a few reads each.
 pub fn find_pruned(state: &Path, id: &uuid::Uuid) -> Result<Option<Pruned>, IndexError> {
     let key = prefix(id);
     let dir = root(state).join("pruned");
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(None);
     };
-    let mut tombs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let mut tombs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tomb"))
+        .collect();
     tombs.sort();
     for path in tombs.into_iter().rev() {
-        let bytes = fs::read(&path).map_err(io_at(&path))?;
-        if bytes.len() < 12 || &bytes[..8] != TOMB_MAGIC {
-            return Err(IndexError::Corrupt { path });
-        }
-        let header_len = u32_at(&bytes, 8) as usize;
-        let Some(header) = bytes.get(12..12 + header_len) else {
-            return Err(IndexError::Corrupt { path });
-        };
-        let keys = &bytes[12 + header_len..];
-        let count = keys.len() / 8;
-        let (mut low, mut high) = (0usize, count);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if u64_at(keys, middle * 8) < key {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
-        if low < count && u64_at(keys, low * 8) == key {
-            let header = String::from_utf8_lossy(header);
-            let mut lines = header.lines();
-            let pruned_at = lines.next().unwrap_or("").to_string();
-            let occurrences = lines
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-            let day = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            return Ok(Some(Pruned {
-                day,
-                pruned_at,
-                occurrences,
-            }));
+        if let Some(pruned) = search_tomb(&path, key).map_err(io_at(&path))? {
+            return Ok(Some(pruned));
         }
     }
     Ok(None)
+}
+
+fn search_tomb(path: &Path, key: u64) -> io::Result<Option<Pruned>> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = [0u8; 12];
+    file.read_exact_at(&mut head, 0)?;
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "not a tombstone");
+    if &head[..8] != TOMB_MAGIC {
+        return Err(corrupt());
+    }
+    let header_len = u64::from(u32_at(&head, 8));
+    let start = 12 + header_len;
+    let count = size.checked_sub(start).ok_or_else(corrupt)? / 8;
+    let read = |index: u64| -> io::Result<u64> {
+        let mut word = [0u8; 8];
+        file.read_exact_at(&mut word, start + index * 8)?;
+        Ok(u64::from_le_bytes(word))
+    };
+    let (mut low, mut high) = (0u64, count);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if read(middle)? < key {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    if low >= count || read(low)? != key {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header, 12)?;
+    let header = String::from_utf8_lossy(&header);
+    let mut lines = header.lines();
+    let pruned_at = lines.next().unwrap_or("").to_string();
+    let occurrences = lines
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let day = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Some(Pruned {
+        day,
+        pruned_at,
+        occurrences,
+    }))
 }
 
 #[cfg(test)]

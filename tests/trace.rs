@@ -25,6 +25,16 @@ encoding = "windows-1252"
 default_purpose = "email_global"
 "#;
 
+const UTF16_IMPORT: &str = r#"
+[[import]]
+name = "u16"
+pattern = "^u16-.*$"
+date_format = "dd/MM/yyyy HH:mm:ss"
+separator = "tab"
+encoding = "utf-16"
+default_purpose = "email_global"
+"#;
+
 const PARTNER_IMPORT: &str = r#"
 [[import]]
 name = "partner"
@@ -72,6 +82,23 @@ fn import_ok(site: &Site, file: &Path) {
     );
 }
 
+/// Line `n` (from 1) of a UTF-16LE file (after its byte-order mark), as
+/// its bytes, without its line ending.
+fn utf16_line_of(bytes: &[u8], n: u64) -> Vec<u8> {
+    let body = bytes.strip_prefix(b"\xFF\xFE").unwrap_or(bytes);
+    let units: Vec<[u8; 2]> = body.chunks(2).map(|pair| [pair[0], pair[1]]).collect();
+    let line = units
+        .split(|unit| *unit == [b'\n', 0])
+        .nth(n as usize - 1)
+        .expect("line exists");
+    let line = line.strip_suffix(&[[b'\r', 0]]).unwrap_or(line);
+    line.iter().flatten().copied().collect()
+}
+
+fn utf16le(text: &str) -> Vec<u8> {
+    text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
 /// Every event traces back to its archived file and line; the original
 /// line, put back in the file's encoding, is the archived line byte for byte.
 fn assert_every_event_traces(
@@ -99,9 +126,14 @@ fn assert_every_event_traces(
         );
         let archived = std::fs::read(&file).expect("archived file");
         let original = proof["original_line"].as_str().expect("original");
+        let archived_line = if proof["import"] == "u16" {
+            utf16_line_of(&archived, line)
+        } else {
+            line_of(&archived, line)
+        };
         assert_eq!(
             encode(proof["import"].as_str().unwrap_or_default(), original),
-            line_of(&archived, line),
+            archived_line,
             "line {line} of {file:?}"
         );
         // The event rebuilt from the line is the event that was sent.
@@ -113,14 +145,16 @@ fn assert_every_event_traces(
 fn encode(import: &str, text: &str) -> Vec<u8> {
     if import == "win" {
         encoding_rs::WINDOWS_1252.encode(text).0.into_owned()
+    } else if import == "u16" {
+        utf16le(text)
     } else {
         text.as_bytes().to_vec()
     }
 }
 
 #[test]
-fn every_event_of_file_sink_imports_traces_to_its_line_in_utf8_and_windows_1252() {
-    let site = Site::new(&format!("{IMPORT}{WIN_IMPORT}"));
+fn every_event_of_file_sink_imports_traces_to_its_line_in_utf8_windows_1252_and_utf16() {
+    let site = Site::new(&format!("{IMPORT}{WIN_IMPORT}{UTF16_IMPORT}"));
     let mut utf8 = proof_rows("a", 30);
     utf8.push_str("zoé@example.com;Je veux la lettre – été;01/02/2021 10:00:00;198.51.100.7;\n");
     let utf8_file = site.path("pr-utf8.csv");
@@ -136,8 +170,19 @@ fn every_event_of_file_sink_imports_traces_to_its_line_in_utf8_and_windows_1252(
     let win_file = site.path("win-1252.csv");
     std::fs::write(&win_file, &win).expect("write");
     import_ok(&site, &win_file);
+    let mut u16_text = String::from("email\tpurpose\tdate\torigin\r\n");
+    for i in 0..15 {
+        u16_text.push_str(&format!(
+            "u{i}@example.com\tJ'accepte l'été – ✓\t05/06/2023 07:08:09\t2001:db8::{i}\r\n"
+        ));
+    }
+    let mut u16_bytes = b"\xFF\xFE".to_vec();
+    u16_bytes.extend(utf16le(&u16_text));
+    let u16_file = site.path("u16-export.txt");
+    std::fs::write(&u16_file, &u16_bytes).expect("write");
+    import_ok(&site, &u16_file);
     let events = site.outbox_events();
-    assert_eq!(events.len(), 51);
+    assert_eq!(events.len(), 66);
     assert_every_event_traces(&site, &events, &encode);
 }
 
@@ -154,7 +199,9 @@ fn every_event_delivered_to_the_api_traces_to_its_line() {
         ),
     );
     let daemon = site.start();
-    site.drop_file("pr-api.csv", proof_rows("api", 40).as_bytes());
+    let mut rows = proof_rows("api", 40);
+    rows.push_str("no+refuse@example.com;J'accepte;01/06/2020 21:28:00;203.0.113.1;\n");
+    site.drop_file("pr-api.csv", rows.as_bytes());
     assert!(
         wait_until(LONG, || site.reports("archive").len() == 1),
         "{}",
@@ -175,6 +222,17 @@ fn every_event_delivered_to_the_api_traces_to_its_line() {
         proofs[0]["batch"], 1,
         "the 10th event is in the 2nd batch of 7"
     );
+
+    // The row the API refused: found by its contact, marked, with the reason.
+    let (code, proofs, text) = trace(&site, &["--json", "--email", "NO+refuse@example.com"]);
+    assert_eq!((code, proofs.len()), (0, 1), "{text}");
+    assert_eq!(proofs[0]["fate"], "refused", "{text}");
+    assert_eq!(proofs[0]["line"], 42);
+    assert!(proofs[0]["reason"].is_string(), "{text}");
+    let refused_id = proofs[0]["event_id"].as_str().expect("id").to_string();
+    let (code, proofs, text) = trace(&site, &["--json", &refused_id]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(proofs[0]["fate"], "refused", "{text}");
 }
 
 #[test]
@@ -206,6 +264,11 @@ fn a_tampered_archived_file_is_shouted_with_exit_3_and_unknown_ids_exit_1() {
     let (code, proofs, _) = trace(&site, &["--json", id]);
     assert_eq!(code, 3);
     assert_eq!(proofs[0]["sha256_matches"], Value::Bool(false));
+
+    std::fs::remove_file(&archived).expect("remove");
+    let (code, _, text) = trace(&site, &[id]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("MISSING"), "{text}");
 }
 
 #[test]

@@ -162,7 +162,17 @@ fn hold(config: &Config, occurrence: Occurrence) -> Result<Held<'_>, TraceError>
         .outcome_path
         .clone()
         .unwrap_or_else(|| occurrence.processing_path.clone());
-    let print = claim::fingerprint(&file).map_err(io_at(&file))?;
+    let print = match claim::fingerprint(&file) {
+        Ok(print) => print,
+        // Shown as a proof that fails its check, not as an error.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => claim::Fingerprint {
+            sha256: "(the archived file is missing)".to_string(),
+            size: 0,
+            is_utf8: true,
+            bom: None,
+        },
+        Err(err) => return Err(io_at(&file)(err)),
+    };
     let import = config
         .import_named(&occurrence.import)
         .map(|import| import.as_ref());
@@ -239,6 +249,18 @@ fn read_proofs(
         ));
         return Ok(vec![proof]);
     };
+    if !held.file.exists() {
+        let line = match wanted {
+            Wanted::Id(_, line) => u64::from(*line),
+            Wanted::Email(_) => 0,
+        };
+        let mut proof = base(line, String::new());
+        proof.notes.push(format!(
+            "THE ARCHIVED FILE IS MISSING: {} was removed or moved by hand",
+            held.file.display()
+        ));
+        return Ok(vec![proof]);
+    }
     let source_sha = occurrence.sha256.as_deref().unwrap_or(&held.print.sha256);
     let mut writer = EventWriter::new(import, &occurrence.file_name, source_sha);
     let (mut reader, encoding) =
