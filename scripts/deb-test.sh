@@ -83,6 +83,10 @@ dpkg -i "$DEB" >"$WORK/install.log" 2>&1 || { cat "$WORK/install.log" >&2; fail 
 [ -x /usr/bin/consent-drop ] || fail "/usr/bin/consent-drop"
 [ -f "$UNIT" ] || fail "$UNIT"
 [ -f /usr/share/doc/consent-drop/README.md ] || fail "/usr/share/doc/consent-drop/README.md"
+for shipped in consent-drop.rules.yml consent-drop.rules.test.yml consent-drop.dashboard.json; do
+    cmp -s "/usr/share/doc/consent-drop/monitoring/$shipped" "monitoring/$shipped" ||
+        fail "/usr/share/doc/consent-drop/monitoring/$shipped is not monitoring/$shipped"
+done
 [ -f "$CONFIG" ] || fail "$CONFIG"
 cmp -s "$CONFIG" config/example.toml || fail "$CONFIG is not config/example.toml"
 [ "$(stat -c '%U:%G %a' "$CONFIG")" = "root:consent-drop 640" ] ||

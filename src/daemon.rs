@@ -100,6 +100,7 @@ pub async fn run(
         config.archive_days,
         controls.shutdown.clone(),
     );
+    let backlog = crate::backlog::BacklogGauge::new(metrics.oldest_waiting_file_age.clone());
     let mut queue: Vec<(Instant, Work)> = Vec::new();
     let mut backoffs: HashMap<String, Duration> = HashMap::new();
     for work in recover(&ctx, &config)? {
@@ -193,6 +194,7 @@ pub async fn run(
                 if let Err(err) = readiness.scan(Instant::now(), false) {
                     tracing::error!(%err, "rescan failed");
                 }
+                backlog.refresh(&config.watch, &dirs.processing);
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {

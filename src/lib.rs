@@ -10,6 +10,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backlog;
 pub mod claim;
 pub mod commands;
 pub mod config;

@@ -80,6 +80,12 @@ pub struct Metrics {
     pub files_waiting: Gauge,
     /// Files being processed. The daemon sets it.
     pub files_in_flight: Gauge,
+    /// Seconds since the last write of the oldest file waiting in the drop
+    /// folder or in `processing/` (0: none). The daemon sets it.
+    pub oldest_waiting_file_age: Gauge<f64, AtomicU64>,
+    /// 1 while the API refuses the credentials or the configuration and
+    /// submission is paused. The HTTP sink's gate sets it.
+    pub submission_paused: Gauge,
     heartbeat: Arc<Heartbeat>,
     registry: Arc<Registry>,
 }
@@ -136,6 +142,18 @@ impl Metrics {
             "Files being processed",
             files_in_flight.clone(),
         );
+        let oldest_waiting_file_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_waiting_file_age_seconds",
+            "Seconds since the last write of the oldest file waiting in the drop folder or processing/ (0: none)",
+            oldest_waiting_file_age.clone(),
+        );
+        let submission_paused = Gauge::default();
+        registry.register(
+            "submission_paused",
+            "1 while the API refuses the credentials or the configuration and submission is paused",
+            submission_paused.clone(),
+        );
         let request_duration = Histogram::new(REQUEST_BUCKETS);
         registry.register(
             "request_duration_seconds",
@@ -155,6 +173,8 @@ impl Metrics {
             request_duration,
             files_waiting,
             files_in_flight,
+            oldest_waiting_file_age,
+            submission_paused,
             heartbeat,
             registry: Arc::new(registry),
         }

@@ -25,7 +25,7 @@ fn counters() -> Arc<Counters> {
 }
 
 /// Every family the project exposes, with its type: dashboards and alert rules use these names.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("files_seen_total", "counter"),
     ("files_claimed_total", "counter"),
     ("files_archived_total", "counter"),
@@ -40,6 +40,8 @@ const FAMILIES: [(&str, &str); 17] = [
     ("batches_retried_total", "counter"),
     ("files_waiting", "gauge"),
     ("files_in_flight", "gauge"),
+    ("oldest_waiting_file_age_seconds", "gauge"),
+    ("submission_paused", "gauge"),
     ("request_duration_seconds", "histogram"),
     ("main_loop_tick_age_seconds", "gauge"),
     ("build_info", "gauge"),

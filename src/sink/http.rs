@@ -101,7 +101,8 @@ impl HttpSink {
             who.clone(),
             settings.auth_retry,
             settings.max_requests_per_second,
-        );
+        )
+        .with_pause_gauge(metrics.submission_paused.clone());
         let tokens = TokenSource::new(settings.credentials.clone(), &settings.base_url);
         Ok(HttpSink {
             shared: Arc::new(Shared {

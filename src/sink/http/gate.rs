@@ -29,6 +29,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::ratelimit::RateLimit;
 use crate::sink::SinkError;
 
@@ -45,6 +47,8 @@ pub(super) struct Gate {
     who: String,
     /// A malformed `RateLimit` header was logged already.
     warned_malformed: AtomicBool,
+    /// 1 while paused (`consent_drop_submission_paused`).
+    pause_gauge: Option<Gauge>,
 }
 
 #[derive(Default)]
@@ -141,6 +145,20 @@ impl Gate {
             base_url,
             who,
             warned_malformed: AtomicBool::new(false),
+            pause_gauge: None,
+        }
+    }
+
+    /// Shows the pause in `gauge` (1 while paused, 0 otherwise).
+    pub fn with_pause_gauge(mut self, gauge: Gauge) -> Gate {
+        gauge.set(0);
+        self.pause_gauge = Some(gauge);
+        self
+    }
+
+    fn show_pause(&self, paused: bool) {
+        if let Some(gauge) = &self.pause_gauge {
+            gauge.set(i64::from(paused));
         }
     }
 
@@ -370,6 +388,7 @@ impl Turn<'_> {
         }
         let mut state = self.gate.lock();
         if let Some(pause) = state.pause.take() {
+            self.gate.show_pause(false);
             tracing::info!(
                 base_url = %self.gate.base_url,
                 "the API accepts {} again: submission resumes after a pause of {} s",
@@ -423,6 +442,7 @@ impl Turn<'_> {
                 return false;
             }
             None => {
+                gate.show_pause(true);
                 state.pauses += 1;
                 state.pause = Some(Pause {
                     since: now,
@@ -472,17 +492,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_lets_one_probe_through_every_auth_retry() {
+        let paused = Gauge::default();
         let gate = Gate::new(
             "https://api.test".into(),
             "api key k".into(),
             AUTH_RETRY,
             None,
-        );
+        )
+        .with_pause_gauge(paused.clone());
         let cancel = CancellationToken::new();
         let first = gate.turn(&cancel).await.expect("open");
         let second = gate.turn(&cancel).await.expect("open");
+        assert_eq!(paused.get(), 0);
         assert!(first.refused("403", "fix it"));
         assert!(gate.is_paused());
+        assert_eq!(paused.get(), 1, "the gauge shows the pause");
         // Sent before the pause: its refusal is not news.
         assert!(!second.refused("403", "fix it"));
         let start = Instant::now();
@@ -496,6 +520,7 @@ mod tests {
         assert!(start.elapsed() < AUTH_RETRY / 2);
         probe.accepted();
         assert!(!gate.is_paused());
+        assert_eq!(paused.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
