@@ -308,3 +308,36 @@ fn the_daemon_warns_of_missing_purposes_at_start_and_on_sighup() {
     );
     daemon.stop_cleanly();
 }
+
+#[test]
+fn a_malformed_rate_limit_header_is_ignored_with_one_warning() {
+    let api = BackgroundApi::start(ServerOptions::default());
+    api.server
+        .set_raw_ratelimit(Some("limit=lots, remaining=?, reset=soon"));
+    let root = tempfile::tempdir().expect("tmp");
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server.base_url(),
+            &api_key_credentials(root.path(), "test-secret"),
+            "batch_size = 10",
+        ),
+    );
+    let daemon = site.start();
+    site.drop_file("pr-junk-headers.csv", proof_rows("j", 200).as_bytes());
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 1),
+        "log:\n{}",
+        site.log()
+    );
+    assert_eq!(api.server.event_count(), 200);
+    assert!(api.server.requests() >= 20);
+    daemon.stop_cleanly();
+    let log = site.log();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("rate-limit header that does not parse"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for 20 answers:\n{log}");
+    assert!(log.contains("limit=lots"), "the warning quotes it:\n{log}");
+}

@@ -160,6 +160,8 @@ struct Inner {
     /// The organizations named by the events of each accepted request.
     request_organizations: Vec<Vec<String>>,
     window: Option<Window>,
+    /// A `RateLimit` header sent as it is on every event answer (a server's junk).
+    raw_ratelimit: Option<String>,
     /// Requests answered 429 because the rate-limit window was exceeded.
     rate_limited: u64,
 }
@@ -358,6 +360,11 @@ impl ApiServer {
     /// first request after the last one ended); beyond, 429 with
     /// `Retry-After`. With `announce`, every answer carries `RateLimit:
     /// limit=N, remaining=R, reset=S` and `RateLimit-Policy: N;w=W`.
+    /// Every event answer carries `RateLimit: {text}`, whatever it says.
+    pub fn set_raw_ratelimit(&self, text: Option<&str>) {
+        self.state.lock().raw_ratelimit = text.map(str::to_string);
+    }
+
     pub fn set_rate_limit(&self, limit: u64, window: Duration, announce: bool) {
         self.state.lock().window = Some(Window {
             limit,
@@ -652,6 +659,10 @@ async fn post_events(
         Ok(rate_headers) => {
             let mut response = handle_events(&state, query, headers, body).await;
             with_headers(&mut response, &rate_headers);
+            let raw = state.lock().raw_ratelimit.clone();
+            if let Some(raw) = raw {
+                with_headers(&mut response, &[("ratelimit", raw)]);
+            }
             response
         }
     }
