@@ -55,11 +55,24 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> IndexError + '_ {
 /// Records of one chunk (3 MiB), sorted in memory before they are written:
 /// a file of a million rows is four chunks, merged at [`seal`].
 const CHUNK: usize = 256 * 1024;
-/// A work record: id prefix (8 bytes LE) and line (4 bytes LE).
-const WORK_RECORD: usize = 12;
-/// A run record: id prefix, occurrence number in the run, line.
-const RUN_RECORD: usize = 16;
-const MAGIC: &[u8; 8] = b"CDIDX01\n";
+/// A work record, and the record of a run of one occurrence: id prefix
+/// (8 bytes LE), line (4 bytes LE) and the event's number among the file's
+/// events, from 0 (4 bytes LE: it says which batch the event went in).
+const SHORT_RECORD: usize = 16;
+const WORK_RECORD: usize = SHORT_RECORD;
+/// The record of a merged run: id prefix, occurrence number in the run,
+/// line, event number.
+const RUN_RECORD: usize = 20;
+
+/// The record size of a run of this many occurrences.
+fn record_size(occurrences: usize) -> usize {
+    if occurrences == 1 {
+        SHORT_RECORD
+    } else {
+        RUN_RECORD
+    }
+}
+const MAGIC: &[u8; 8] = b"CDIDX03\n";
 const TOMB_MAGIC: &[u8; 8] = b"CDTMB01\n";
 /// Occurrence ids are hyphenated UUIDs.
 const OCC_LEN: usize = 36;
@@ -91,8 +104,11 @@ pub fn work_path(work_dir: &Path, occurrence_id: &str) -> PathBuf {
 /// one buffered write. A failed write only disables it (the file's index is
 /// then rebuilt at [`seal`]): the index never stops a delivery.
 pub struct Recorder {
-    /// Key in the high 64 bits, line in the low 32: one integer to sort.
+    /// Key in the high 64 bits, then line, then event number: one integer
+    /// to sort.
     chunk: Vec<u128>,
+    /// Events recorded so far.
+    recorded: u32,
     out: Option<BufWriter<File>>,
 }
 
@@ -109,6 +125,7 @@ impl Recorder {
         };
         Recorder {
             chunk: Vec::with_capacity(if out.is_some() { CHUNK } else { 0 }),
+            recorded: 0,
             out,
         }
     }
@@ -118,8 +135,10 @@ impl Recorder {
             return;
         }
         let line = u32::try_from(line).unwrap_or(LINE_UNKNOWN);
-        self.chunk
-            .push(u128::from(prefix(id)) << 64 | u128::from(line));
+        self.chunk.push(
+            u128::from(prefix(id)) << 64 | u128::from(line) << 32 | u128::from(self.recorded),
+        );
+        self.recorded = self.recorded.saturating_add(1);
         if self.chunk.len() == CHUNK {
             self.flush_chunk();
         }
@@ -131,6 +150,7 @@ impl Recorder {
         let mut bytes = Vec::with_capacity(self.chunk.len() * WORK_RECORD);
         for packed in self.chunk.drain(..) {
             bytes.extend_from_slice(&((packed >> 64) as u64).to_le_bytes());
+            bytes.extend_from_slice(&((packed >> 32) as u32).to_le_bytes());
             bytes.extend_from_slice(&(packed as u32).to_le_bytes());
         }
         if out.write_all(&bytes).is_err() {
@@ -221,9 +241,13 @@ struct Source {
     left: u64,
     /// What the record's occurrence number becomes in the output.
     occ_base: u32,
-    work: bool,
-    head: Option<(u64, u32, u32)>,
+    /// [`SHORT_RECORD`] (no occurrence number) or [`RUN_RECORD`].
+    size: usize,
+    head: Option<Entry>,
 }
+
+/// One record: (key, occurrence number, line, event number).
+type Entry = (u64, u32, u32, u32);
 
 impl Source {
     fn advance(&mut self) -> io::Result<()> {
@@ -233,15 +257,24 @@ impl Source {
         }
         self.left -= 1;
         let mut record = [0u8; RUN_RECORD];
-        let size = if self.work { WORK_RECORD } else { RUN_RECORD };
-        self.reader.read_exact(&mut record[..size])?;
-        let (key, occ, line) = if self.work {
-            (u64_at(&record, 0), 0, u32_at(&record, 8))
-        } else {
-            (u64_at(&record, 0), u32_at(&record, 8), u32_at(&record, 12))
-        };
-        self.head = Some((key, occ + self.occ_base, line));
+        self.reader.read_exact(&mut record[..self.size])?;
+        let (key, occ, line, ordinal) = decode(&record, self.size);
+        self.head = Some((key, occ + self.occ_base, line, ordinal));
         Ok(())
+    }
+}
+
+/// A record of `size` bytes: (key, occurrence number, line).
+fn decode(record: &[u8], size: usize) -> Entry {
+    if size == SHORT_RECORD {
+        (u64_at(record, 0), 0, u32_at(record, 8), u32_at(record, 12))
+    } else {
+        (
+            u64_at(record, 0),
+            u32_at(record, 8),
+            u32_at(record, 12),
+            u32_at(record, 16),
+        )
     }
 }
 
@@ -271,7 +304,7 @@ fn work_chunks(work: &Path) -> Result<Vec<Source>, IndexError> {
             reader: BufReader::with_capacity(64 * 1024, file),
             left,
             occ_base: 0,
-            work: true,
+            size: WORK_RECORD,
             head: None,
         });
         start += left;
@@ -315,12 +348,13 @@ impl Run {
         Ok((run, file))
     }
 
-    /// The records whose key is `key`: (occurrence, line).
-    fn find(&self, file: &File, key: u64) -> io::Result<Vec<(String, u32)>> {
-        let read = |index: u64| -> io::Result<(u64, u32, u32)> {
+    /// The records whose key is `key`: (occurrence, line, event number).
+    fn find(&self, file: &File, key: u64) -> io::Result<Vec<(String, u32, u32)>> {
+        let size = record_size(self.occurrences.len());
+        let read = |index: u64| -> io::Result<Entry> {
             let mut record = [0u8; RUN_RECORD];
-            file.read_exact_at(&mut record, self.data_start + index * RUN_RECORD as u64)?;
-            Ok((u64_at(&record, 0), u32_at(&record, 8), u32_at(&record, 12)))
+            file.read_exact_at(&mut record[..size], self.data_start + index * size as u64)?;
+            Ok(decode(&record, size))
         };
         let (mut low, mut high) = (0u64, self.records);
         while low < high {
@@ -333,12 +367,12 @@ impl Run {
         }
         let mut hits = Vec::new();
         while low < self.records {
-            let (found, occ, line) = read(low)?;
+            let (found, occ, line, ordinal) = read(low)?;
             if found != key {
                 break;
             }
             if let Some(name) = self.occurrences.get(occ as usize) {
-                hits.push((name.clone(), line));
+                hits.push((name.clone(), line, ordinal));
             }
             low += 1;
         }
@@ -353,7 +387,7 @@ impl Run {
             reader: BufReader::with_capacity(256 * 1024, file),
             left: self.records,
             occ_base,
-            work: false,
+            size: record_size(self.occurrences.len()),
             head: None,
         })
     }
@@ -388,12 +422,20 @@ fn write_run(
                 heads.push(std::cmp::Reverse((head, index)));
             }
         }
+        let short = record_size(occurrences.len()) == SHORT_RECORD;
         let mut record = [0u8; RUN_RECORD];
-        while let Some(std::cmp::Reverse(((key, occ, line), index))) = heads.pop() {
+        while let Some(std::cmp::Reverse(((key, occ, line, ordinal), index))) = heads.pop() {
             record[..8].copy_from_slice(&key.to_le_bytes());
-            record[8..12].copy_from_slice(&occ.to_le_bytes());
-            record[12..].copy_from_slice(&line.to_le_bytes());
-            out.write_all(&record)?;
+            if short {
+                record[8..12].copy_from_slice(&line.to_le_bytes());
+                record[12..16].copy_from_slice(&ordinal.to_le_bytes());
+                out.write_all(&record[..SHORT_RECORD])?;
+            } else {
+                record[8..12].copy_from_slice(&occ.to_le_bytes());
+                record[12..16].copy_from_slice(&line.to_le_bytes());
+                record[16..].copy_from_slice(&ordinal.to_le_bytes());
+                out.write_all(&record)?;
+            }
             let source = &mut sources[index];
             source.advance()?;
             if let Some(head) = source.head {
@@ -479,6 +521,8 @@ pub struct Hit {
     pub occurrence_id: String,
     /// [`LINE_UNKNOWN`] when the line did not fit.
     pub line: u32,
+    /// The event's number among its file's events, from 0.
+    pub ordinal: u32,
 }
 
 /// Every place the index holds `id`, newest day first.
@@ -496,11 +540,12 @@ pub fn lookup(state: &Path, id: &uuid::Uuid) -> Result<Vec<Hit>, IndexError> {
                 }
                 Err(err) => return Err(err),
             };
-            for (occurrence_id, line) in run.find(&file, key).map_err(io_at(&path))? {
+            for (occurrence_id, line, ordinal) in run.find(&file, key).map_err(io_at(&path))? {
                 let hit = Hit {
                     day: day.clone(),
                     occurrence_id,
                     line,
+                    ordinal,
                 };
                 if !hits.contains(&hit) {
                     hits.push(hit);
@@ -592,7 +637,7 @@ fn write_tomb(
         let mut heads = std::collections::BinaryHeap::new();
         for (index, source) in sources.iter_mut().enumerate() {
             source.advance()?;
-            if let Some((key, _, _)) = source.head {
+            if let Some((key, ..)) = source.head {
                 heads.push(std::cmp::Reverse((key, index)));
             }
         }
@@ -606,7 +651,7 @@ fn write_tomb(
             }
             let source = &mut sources[index];
             source.advance()?;
-            if let Some((key, _, _)) = source.head {
+            if let Some((key, ..)) = source.head {
                 heads.push(std::cmp::Reverse((key, index)));
             }
         }
@@ -749,7 +794,8 @@ mod tests {
                 vec![Hit {
                     day: "2026-11-01".into(),
                     occurrence_id: occ(1),
-                    line: n as u32 + 1
+                    line: n as u32 + 1,
+                    ordinal: n as u32,
                 }]
             );
         }

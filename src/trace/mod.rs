@@ -21,7 +21,7 @@ use crate::config::{Config, Import};
 use crate::event::EventWriter;
 use crate::index::{self, IndexError};
 use crate::journal::{Journal, JournalError, Occurrence};
-use crate::parse::Record;
+use crate::parse::{Record, ResolvedEncoding};
 use crate::pipeline;
 
 pub mod show;
@@ -144,8 +144,15 @@ pub fn trace_event(
             continue;
         };
         let held = hold(config, occurrence)?;
-        let wanted = Wanted::Id(*id, hit.line);
-        let mut found = read_proofs(config, journal, &held, &wanted)?;
+        let wanted = Wanted::Id(*id, hit.line, hit.ordinal);
+        let mut found = read_proofs(config, journal, &held, &wanted, true)?;
+        let exact = found
+            .first()
+            .is_some_and(|proof| proof.event_id == Some(id.to_string()));
+        if !exact {
+            // Not where the index said, read from the start: the whole file.
+            found = read_proofs(config, journal, &held, &wanted, false)?;
+        }
         proofs.append(&mut found);
     }
     if !proofs.is_empty() {
@@ -186,8 +193,9 @@ fn hold(config: &Config, occurrence: Occurrence) -> Result<Held<'_>, TraceError>
 
 /// Which rows of a file are wanted.
 enum Wanted {
-    /// The row of this event (at this line, or by id when the line is unknown).
-    Id(uuid::Uuid, u32),
+    /// The row of this event: its id, line (or [`index::LINE_UNKNOWN`]: find
+    /// it by id) and number among the file's events.
+    Id(uuid::Uuid, u32, u32),
     /// Every row of this normalised e-mail.
     Email(String),
 }
@@ -207,6 +215,7 @@ fn read_proofs(
     journal: &Journal,
     held: &Held<'_>,
     wanted: &Wanted,
+    seek: bool,
 ) -> Result<Vec<Proof>, TraceError> {
     let occurrence = &held.occurrence;
     let sha256_matches = occurrence.sha256.as_deref() == Some(held.print.sha256.as_str());
@@ -251,7 +260,7 @@ fn read_proofs(
     };
     if !held.file.exists() {
         let line = match wanted {
-            Wanted::Id(_, line) => u64::from(*line),
+            Wanted::Id(_, line, _) => u64::from(*line),
             Wanted::Email(_) => 0,
         };
         let mut proof = base(line, String::new());
@@ -263,23 +272,53 @@ fn read_proofs(
     }
     let source_sha = occurrence.sha256.as_deref().unwrap_or(&held.print.sha256);
     let mut writer = EventWriter::new(import, &occurrence.file_name, source_sha);
-    let (mut reader, encoding) =
-        pipeline::open_rows(import, &held.file, &held.print).map_err(io_at(&held.file))?;
+    let seek_format;
+    let start = match seek.then(|| seek_start(import, held, wanted)) {
+        Some(start) => start.map_err(io_at(&held.file))?,
+        None => None,
+    };
+    let (mut reader, encoding, line_base, mut ordinal) = match start {
+        // Straight to the line: a reader from its first byte, no header.
+        Some((offset, encoding, line, ordinal)) => {
+            let mut format = import.format.clone();
+            format.header = crate::parse::HeaderMode::Absent;
+            seek_format = format;
+            let mut file = claim::open_regular(&held.file).map_err(io_at(&held.file))?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+                .map_err(io_at(&held.file))?;
+            let reader = crate::parse::RowReader::new(file, &seek_format, encoding);
+            (reader, encoding, line - 1, u64::from(ordinal))
+        }
+        None => {
+            let (reader, encoding) =
+                pipeline::open_rows(import, &held.file, &held.print).map_err(io_at(&held.file))?;
+            (reader, encoding, 0, 0)
+        }
+    };
     let batch_size = occurrence.batch_size.unwrap_or(1).max(1);
     let mut proofs = Vec::new();
-    let mut ordinal = 0u64;
     let mut event = Vec::new();
     loop {
         let row = match reader.next_record() {
             Ok(None) => break,
+            Ok(Some(Record::Reject(_))) if start.is_some() => break,
             Ok(Some(Record::Reject(_))) => continue,
             Ok(Some(Record::Row(row))) => row,
             Err(crate::parse::ParseError::Io(err)) => return Err(io_at(&held.file)(err)),
         };
+        // Read from a line's offset, the reader counts from there.
+        let row = crate::parse::Row {
+            line: row.line + line_base,
+            ..row
+        };
+        let line_number = row.line;
         ordinal += 1;
         let chosen = match wanted {
-            Wanted::Id(_, line) if *line != index::LINE_UNKNOWN => u64::from(*line) == row.line,
-            Wanted::Id(id, _) => crate::event::event_id(&import.name, &row) == *id,
+            Wanted::Id(..) if start.is_some() => true,
+            Wanted::Id(_, line, _) if *line != index::LINE_UNKNOWN => {
+                u64::from(*line) == line_number
+            }
+            Wanted::Id(id, ..) => crate::event::event_id(&import.name, &row) == *id,
             Wanted::Email(email) => row.email == email,
         };
         if !chosen {
@@ -287,17 +326,17 @@ fn read_proofs(
         }
         event.clear();
         let id = writer.write(&row, &mut event);
-        let mut proof = base(row.line, encoding.decode_lossy(row.raw).into_owned());
+        let mut proof = base(line_number, encoding.decode_lossy(row.raw).into_owned());
         proof.event_id = Some(id.to_string());
         proof.event = serde_json::from_slice(&event).ok();
-        if let Wanted::Id(wanted_id, _) = wanted {
+        if let Wanted::Id(wanted_id, ..) = wanted {
             if id != *wanted_id {
                 proof.notes.push(format!(
                     "the import's current config builds event {id} from this line, not {wanted_id}: the import was changed since"
                 ));
             }
         }
-        if let Some(refusal) = refusals.iter().find(|refusal| refusal.line == row.line) {
+        if let Some(refusal) = refusals.iter().find(|refusal| refusal.line == line_number) {
             proof.fate = Fate::Refused;
             proof.reason = Some(refusal.message.clone());
         }
@@ -335,6 +374,105 @@ fn read_proofs(
         }
     }
     Ok(proofs)
+}
+
+/// Where the wanted event's line starts, when the file can be read from
+/// there: a single-byte or UTF-8 file as dropped (not compressed), a line
+/// the index knows. Returns (byte offset, encoding, line, event number).
+/// Line endings are counted as the reader counts them (LF, CRLF, CR); a
+/// record that starts there is confirmed by its id, else the caller reads
+/// the file from the start.
+fn seek_start(
+    import: &Import,
+    held: &Held<'_>,
+    wanted: &Wanted,
+) -> std::io::Result<Option<(u64, ResolvedEncoding, u64, u32)>> {
+    let Wanted::Id(_, line, ordinal) = wanted else {
+        return Ok(None);
+    };
+    let encoding = import
+        .format
+        .encoding
+        .resolve(held.print.is_utf8, held.print.bom);
+    let plain = matches!(
+        encoding,
+        ResolvedEncoding::Utf8 | ResolvedEncoding::Windows1252 | ResolvedEncoding::Iso8859_1
+    );
+    let name = held.occurrence.file_name.to_ascii_lowercase();
+    let compressed = name.ends_with(".gz") || name.ends_with(".zip");
+    if !plain || compressed || *line <= 1 || *line == index::LINE_UNKNOWN {
+        return Ok(None);
+    }
+    let line = u64::from(*line);
+    Ok(line_offset(&held.file, line)?.map(|offset| (offset, encoding, line, *ordinal)))
+}
+
+/// The byte offset where physical line `wanted` (from 1) starts. A line
+/// ends with LF, CRLF, or a CR not followed by LF.
+fn line_offset(path: &Path, wanted: u64) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    let mut file = claim::open_regular(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut line = 1u64;
+    let mut base = 0u64;
+    // A CR at the very end of the previous read: its line ends there unless
+    // this read starts with LF.
+    let mut pending_cr = false;
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => return Ok(None),
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        let chunk = &buffer[..read];
+        if pending_cr && chunk[0] != b'\n' {
+            line += 1;
+            if line == wanted {
+                return Ok(Some(base));
+            }
+        }
+        pending_cr = false;
+        let mut at = 0;
+        while let Some(found) = memchr::memchr2(b'\n', b'\r', &chunk[at..]) {
+            let index = at + found;
+            at = index + 1;
+            if chunk[index] == b'\r' {
+                match chunk.get(at) {
+                    Some(b'\n') => continue, // CRLF: the LF ends the line
+                    Some(_) => {}
+                    None => {
+                        pending_cr = true;
+                        continue;
+                    }
+                }
+            }
+            line += 1;
+            if line == wanted {
+                return Ok(Some(base + at as u64));
+            }
+        }
+        base += read as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_offset;
+
+    #[test]
+    fn lines_are_found_after_lf_crlf_and_lone_cr() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, b"a\nbb\r\nccc\rdddd\n\ne").expect("write");
+        let offsets: Vec<Option<u64>> = (2..=7)
+            .map(|n| line_offset(&path, n).expect("read"))
+            .collect();
+        assert_eq!(
+            offsets,
+            vec![Some(2), Some(6), Some(10), Some(15), Some(16), None]
+        );
+    }
 }
 
 /// `(line, reason, original_line)` of a `.rejects.csv`; none when absent.
@@ -403,6 +541,7 @@ pub fn trace_email(
                 journal,
                 &held,
                 &Wanted::Email(email.clone()),
+                false,
             )?);
         }
     }
