@@ -88,16 +88,23 @@ pub fn parse_processing_name(name: &str) -> Option<(&str, &str)> {
 
 /// Moves a ready file from the drop folder into `processing/`.
 pub fn claim_move(source: &Path, destination: &Path) -> Result<(), ClaimError> {
-    match fs::rename(source, destination) {
-        Ok(()) => {}
-        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-            copy_durably(source, destination)?;
-            fs::remove_file(source).map_err(io_at(source))?;
-        }
-        Err(err) => return Err(io_at(source)(err)),
-    }
+    claim_move_unsynced(source, destination)?;
     sync_dir_of(destination)?;
     sync_dir_of(source)
+}
+
+/// [`claim_move`] without the folder fsyncs: the caller syncs both
+/// folders (the daemon shares those fsyncs between files) before it
+/// records the claim.
+pub fn claim_move_unsynced(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    match fs::rename(source, destination) {
+        Ok(()) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            copy_durably(source, destination)?;
+            fs::remove_file(source).map_err(io_at(source))
+        }
+        Err(err) => Err(io_at(source)(err)),
+    }
 }
 
 /// Copies a file into `processing/` and leaves the original in place (the
@@ -256,8 +263,19 @@ fn temporary_beside(path: &Path, suffix: &str) -> PathBuf {
 
 /// Writes a small file durably: temporary name, fsync, rename, fsync folder.
 pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
-    replace_durably(path, "writing", |file| file.write_all(content))?;
+    write_synced(path, content)?;
     sync_dir_of(path)
+}
+
+/// [`write_durably`] without the folder fsync, which the caller does (shared
+/// with other files) before relying on the file.
+pub fn write_synced(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
+    replace_durably(path, "writing", |file| file.write_all(content))
+}
+
+/// A rename within the state folder; the caller syncs both folders.
+pub fn rename(source: &Path, destination: &Path) -> Result<(), ClaimError> {
+    fs::rename(source, destination).map_err(io_at(source))
 }
 
 /// Moves a file within the state folder (same file system) durably.

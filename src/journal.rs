@@ -112,6 +112,40 @@ pub struct Journal {
     path: PathBuf,
 }
 
+impl JournalError {
+    /// An error not raised by SQLite itself (the commit thread is gone, a
+    /// group commit failed for everyone in it).
+    pub fn other(message: &str) -> JournalError {
+        JournalError {
+            path: PathBuf::new(),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(message.to_string()),
+            ),
+        }
+    }
+
+    /// The same failure, for each of the writes that shared it.
+    fn shared(&self) -> JournalError {
+        let source = match &self.source {
+            rusqlite::Error::SqliteFailure(code, message) => {
+                rusqlite::Error::SqliteFailure(*code, message.clone())
+            }
+            other => rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(other.to_string()),
+            ),
+        };
+        JournalError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// One write of a group transaction.
+pub type GroupOp = Box<dyn FnOnce(&mut Journal) -> Result<(), JournalError> + Send>;
+
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal").field("path", &self.path).finish()
@@ -181,6 +215,44 @@ impl Journal {
         Ok(Journal { conn, path })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Group commit: every op in one transaction, each inside its own
+    /// savepoint, so that a failing op is undone alone and the others still
+    /// commit. One result per op, in order; a failed commit fails them all.
+    pub fn in_one_transaction(&mut self, ops: Vec<GroupOp>) -> Vec<Result<(), JournalError>> {
+        let count = ops.len();
+        if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = self.fail(err);
+            return (0..count).map(|_| Err(err.shared())).collect();
+        }
+        let mut results = Vec::with_capacity(count);
+        for op in ops {
+            if let Err(err) = self.conn.execute_batch("SAVEPOINT op") {
+                results.push(Err(self.fail(err)));
+                continue;
+            }
+            let result = op(self);
+            let end = if result.is_ok() {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
+            match self.conn.execute_batch(end) {
+                Ok(()) => results.push(result),
+                Err(err) => results.push(Err(self.fail(err))),
+            }
+        }
+        if let Err(err) = self.conn.execute_batch("COMMIT") {
+            let err = self.fail(err);
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return (0..count).map(|_| Err(err.shared())).collect();
+        }
+        results
+    }
+
     fn fail(&self, source: rusqlite::Error) -> JournalError {
         JournalError {
             path: self.path.clone(),
@@ -221,7 +293,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Another occurrence with this content that was, or is being, delivered.
+    /// Another occurrence with this content that was, or is being,
+    /// delivered, and was claimed before `except_id` (of two files with the
+    /// same content in flight at once, the first claimed is delivered).
     pub fn find_same_content(
         &self,
         sha256: &str,
@@ -231,6 +305,8 @@ impl Journal {
             .query_row(
                 "SELECT id FROM occurrences WHERE sha256 = ?1 AND id != ?2
                  AND status IN ('archived', 'delivering', 'claimed')
+                 AND NOT EXISTS (SELECT 1 FROM occurrences AS own WHERE own.id = ?2
+                     AND (own.claimed_at, own.rowid) < (occurrences.claimed_at, occurrences.rowid))
                  ORDER BY claimed_at LIMIT 1",
                 params![sha256, except_id],
                 |row| row.get(0),
@@ -266,7 +342,8 @@ impl Journal {
         sink_cursor: u64,
         refusals: &[Refusal],
     ) -> Result<(), JournalError> {
-        let tx = self.conn.transaction().map_err(|e| JournalError {
+        // A savepoint: its own transaction alone, nested in a group commit.
+        let tx = self.conn.savepoint().map_err(|e| JournalError {
             path: self.path.clone(),
             source: e,
         })?;

@@ -13,6 +13,7 @@
 pub mod backlog;
 pub mod claim;
 pub mod commands;
+pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod event;

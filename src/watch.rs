@@ -244,6 +244,9 @@ impl Readiness {
     pub fn ready(&mut self, now: Instant, skip: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut ready = Vec::new();
         let mut gone = Vec::new();
+        // One walk of /proc for all the files that need it, not one each:
+        // a start-up scan may find 100,000 files.
+        let mut writing: Option<HashSet<PathBuf>> = None;
         for (name, candidate) in self.candidates.iter_mut() {
             if skip(name) {
                 gone.push(name.clone());
@@ -283,7 +286,14 @@ impl Readiness {
             let complete = match candidate.writer {
                 Writer::Done => true,
                 Writer::Writing => false,
-                Writer::Unknown => meta.size() > 0 && !held_open_for_writing(&path),
+                Writer::Unknown => {
+                    meta.size() > 0
+                        && !fs::canonicalize(&path).is_ok_and(|target| {
+                            writing
+                                .get_or_insert_with(|| files_open_for_writing(&self.dir))
+                                .contains(&target)
+                        })
+                }
             };
             if complete {
                 ready.push(name.clone());
@@ -329,8 +339,21 @@ pub fn held_open_for_writing(path: &Path) -> bool {
     let Ok(target) = fs::canonicalize(path) else {
         return false;
     };
-    let Ok(processes) = fs::read_dir("/proc") else {
+    let Some(dir) = target.parent() else {
         return false;
+    };
+    files_open_for_writing(dir).contains(&target)
+}
+
+/// The files in `dir` that a process we may inspect holds open for
+/// writing, in one walk of `/proc`.
+fn files_open_for_writing(dir: &Path) -> HashSet<PathBuf> {
+    let mut found = HashSet::new();
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return found;
+    };
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return found;
     };
     for process in processes.flatten() {
         let pid = process.file_name();
@@ -341,7 +364,10 @@ pub fn held_open_for_writing(path: &Path) -> bool {
             continue;
         };
         for fd in fds.flatten() {
-            if fs::read_link(fd.path()).ok().as_deref() != Some(target.as_path()) {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.parent() != Some(dir.as_path()) || found.contains(&target) {
                 continue;
             }
             let info = process.path().join("fdinfo").join(fd.file_name());
@@ -355,12 +381,12 @@ pub fn held_open_for_writing(path: &Path) -> bool {
             if let Some(flags) = flags {
                 let mode = flags & libc::O_ACCMODE as u32;
                 if mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32 {
-                    return true;
+                    found.insert(target);
                 }
             }
         }
     }
-    false
+    found
 }
 
 #[cfg(test)]

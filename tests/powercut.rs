@@ -955,7 +955,8 @@ fn regression_the_file_sinks_partial_file_survives_a_power_cut_with_its_acknowle
         dir: fs_.path("outbox"),
         batch_size: 10,
         organization_id: None,
-    });
+    })
+    .expect("sink");
     let target = DeliveryTarget {
         occurrence_id: "occ".into(),
         import: "news".into(),
@@ -963,13 +964,18 @@ fn regression_the_file_sinks_partial_file_survives_a_power_cut_with_its_acknowle
         organization_id: None,
         output_stem: "stem".into(),
     };
-    let mut delivery = sink.open(&target, None).expect("open");
-    let mut batch = Batch::new(0);
-    batch.push_with(1, |out| out.extend_from_slice(b"{\"a\":1}"));
-    delivery.send(batch).expect("send");
-    let acks = delivery.checkpoint().expect("checkpoint");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    let acks = runtime.block_on(async {
+        let mut delivery = sink.open(&target, None).await.expect("open");
+        let mut batch = Batch::new(0);
+        batch.push_with(1, |out| out.extend_from_slice(b"{\"a\":1}"));
+        delivery.send(batch).await.expect("send");
+        delivery.checkpoint().await.expect("checkpoint")
+    });
     assert_eq!(acks.len(), 1, "the batch is acknowledged");
-    drop(delivery);
 
     let mut choose = pessimistic;
     fs_.power_cut(&mut choose).expect("cut");

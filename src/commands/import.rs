@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -52,14 +52,14 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         let counters = Arc::new(Counters::default());
         let metrics = Metrics::new(counters.clone());
         let sink = Sink::from_settings(&config.sink, shutdown.clone(), metrics)?;
-        let ctx = Context {
+        let ctx = Context::new(
             dirs,
-            journal: Arc::new(Mutex::new(journal)),
+            journal,
             sink,
-            batch_size: config.sink.batch_size(),
-            shutdown: shutdown.clone(),
+            config.sink.batch_size(),
+            shutdown.clone(),
             counters,
-        };
+        )?;
         let on_interrupt = shutdown.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

@@ -50,7 +50,8 @@ pub(super) struct RawWatch {
     /// Glob patterns (`*`, `?`) of names that are never opened.
     #[serde(default = "default_ignore")]
     pub ignore: Vec<String>,
-    /// How many files are processed at once.
+    /// At most how many files are processed at once (a cap; small files
+    /// share journal commits and fsyncs, so many in flight cost little).
     #[serde(default = "default_max_files_in_flight")]
     pub max_files_in_flight: usize,
 }
@@ -207,7 +208,7 @@ fn default_ignore() -> Vec<String> {
     ]
 }
 fn default_max_files_in_flight() -> usize {
-    4
+    64
 }
 fn default_batch_size() -> usize {
     100

@@ -2,35 +2,42 @@
 //!
 //! An occurrence is written to `<dir>/<stem>.ndjson.partial` and renamed to
 //! `<stem>.ndjson` when complete, so a consumer of the folder never reads a
-//! half-written file. The acknowledgement is the fsync: batches are grouped
-//! into one fsync at most every [`SYNC_INTERVAL`], and each ack carries the
-//! byte length synced so far. On resume the partial file is cut back to the
-//! last recorded length, so nothing is ever written twice.
+//! half-written file. The acknowledgement is the fsync, group-committed
+//! without a timer: batches are written as they come; whenever no fsync of
+//! this file is running, one starts (on a blocking thread) and covers every
+//! batch written so far; batches written while it runs wait for the next.
+//! Alone, a batch is synced at once; under load one fsync covers many. Each
+//! ack carries the byte length synced. On resume the partial file is cut
+//! back to the last recorded length, so nothing is ever written twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 use super::{Ack, Batch, DeliveryTarget, SinkError};
 use crate::claim::{self, ClaimError};
+use crate::commit::DirSync;
 use crate::config::FileSinkSettings;
-
-/// How long written batches may wait for their fsync.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct FileSink {
     settings: FileSinkSettings,
+    /// The renames of finished outputs share folder fsyncs.
+    dir_sync: DirSync,
 }
 
 impl FileSink {
-    pub fn new(settings: FileSinkSettings) -> FileSink {
-        FileSink { settings }
+    pub fn new(settings: FileSinkSettings) -> Result<FileSink, SinkError> {
+        let dir_sync = DirSync::start()
+            .map_err(|err| SinkError::Setup(format!("cannot start a thread: {err}")))?;
+        Ok(FileSink { settings, dir_sync })
     }
 
     /// Opens (or reopens at `resume_cursor`) the NDJSON file of one occurrence.
-    pub fn open(
+    pub async fn open(
         &self,
         target: &DeliveryTarget,
         resume_cursor: Option<u64>,
@@ -44,7 +51,7 @@ impl FileSink {
         if resume_cursor.is_some() && complete.exists() && !partial.exists() {
             std::fs::rename(&complete, &partial).map_err(io_at(&partial))?;
             // Durable before the file grows: a cut must not bring back a "complete" file that is not.
-            sync_parent(&partial)?;
+            self.sync_parent(&partial).await?;
         }
         let created = !partial.exists();
         let file = OpenOptions::new()
@@ -54,8 +61,9 @@ impl FileSink {
             .open(&partial)
             .map_err(io_at(&partial))?;
         if created {
-            // The new name is durable before an ack counts bytes of the file.
-            sync_parent(&partial)?;
+            // The new name is durable before an ack counts bytes of the file
+            // (one folder fsync shared by the files opened meanwhile).
+            self.sync_parent(&partial).await?;
         }
         let written = resume_cursor.unwrap_or(0);
         // What was written after the last acknowledged fsync is cut away: those
@@ -65,50 +73,78 @@ impl FileSink {
         file.seek(SeekFrom::Start(written))
             .map_err(io_at(&partial))?;
         Ok(FileDelivery {
-            file,
+            file: Arc::new(file),
             partial,
             complete,
             written,
             unsynced: Vec::new(),
-            last_sync: Instant::now(),
+            syncing: None,
+            dir_sync: self.dir_sync.clone(),
         })
     }
 }
 
+impl FileSink {
+    /// Makes a rename or a new name in the sink's folder durable.
+    async fn sync_parent(&self, path: &Path) -> Result<(), SinkError> {
+        self.dir_sync.sync_dir_of(path).await.map_err(sink_error)
+    }
+}
+
+fn sink_error(ClaimError::Io { path, source }: ClaimError) -> SinkError {
+    SinkError::Io { path, source }
+}
+
+/// Batches (seq, length after it) covered by one fsync.
+type Synced = Vec<(u64, u64)>;
+
 #[derive(Debug)]
 pub struct FileDelivery {
-    file: File,
+    file: Arc<File>,
     partial: PathBuf,
     complete: PathBuf,
     written: u64,
-    /// Batches written since the last fsync, with the length after each.
-    unsynced: Vec<(u64, u64)>,
-    last_sync: Instant,
+    /// Batches written since the running fsync started, with the length after each.
+    unsynced: Synced,
+    /// The fsync running now, and the batches it covers.
+    syncing: Option<JoinHandle<std::io::Result<Synced>>>,
+    dir_sync: DirSync,
 }
 
 impl FileDelivery {
-    pub fn send(&mut self, batch: Batch) -> Result<Vec<Ack>, SinkError> {
+    /// Writes the batch; returns the acks of an fsync that ended meanwhile,
+    /// and starts the next one if none is running.
+    pub async fn send(&mut self, batch: Batch) -> Result<Vec<Ack>, SinkError> {
         let lines = batch.ndjson();
-        self.file.write_all(lines).map_err(io_at(&self.partial))?;
+        (&*self.file)
+            .write_all(lines)
+            .map_err(io_at(&self.partial))?;
         self.written += lines.len() as u64;
         self.unsynced.push((batch.seq, self.written));
-        if self.last_sync.elapsed() >= SYNC_INTERVAL {
-            return self.sync();
+        let mut acks = Vec::new();
+        if self.syncing.as_ref().is_some_and(JoinHandle::is_finished) {
+            acks = self.wait_sync().await?;
         }
-        Ok(Vec::new())
+        if self.syncing.is_none() {
+            self.start_sync();
+        }
+        Ok(acks)
     }
 
-    pub fn finish(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
-        let acks = match self.sync() {
+    pub async fn finish(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
+        let acks = match self.sync_all().await {
             Ok(acks) => acks,
             Err(err) => return (Vec::new(), Err(err)),
         };
         // Every event is at least its newline: something was accepted
         // exactly when the file is not empty.
         let result = if self.written > 0 {
-            std::fs::rename(&self.partial, &self.complete)
-                .map_err(io_at(&self.complete))
-                .and_then(|()| sync_parent(&self.complete))
+            match std::fs::rename(&self.partial, &self.complete) {
+                Ok(()) => self.dir_sync.sync_dir_of(&self.complete).await.map_err(
+                    |crate::claim::ClaimError::Io { path, source }| SinkError::Io { path, source },
+                ),
+                Err(err) => Err(io_at(&self.complete)(err)),
+            }
         } else {
             // Nothing accepted: no empty output file.
             std::fs::remove_file(&self.partial).map_err(io_at(&self.partial))
@@ -117,28 +153,53 @@ impl FileDelivery {
     }
 
     /// Makes everything written durable and acknowledges it.
-    pub fn checkpoint(&mut self) -> Result<Vec<Ack>, SinkError> {
-        self.sync()
+    pub async fn checkpoint(&mut self) -> Result<Vec<Ack>, SinkError> {
+        self.sync_all().await
     }
 
-    fn sync(&mut self) -> Result<Vec<Ack>, SinkError> {
+    fn start_sync(&mut self) {
         if self.unsynced.is_empty() {
+            return;
+        }
+        let covered = std::mem::take(&mut self.unsynced);
+        let file = self.file.clone();
+        self.syncing = Some(tokio::task::spawn_blocking(move || {
+            // The ack is this fdatasync; a test build may skip it to prove that tests/powercut.rs notices.
+            if crate::fault::active("file-sink-fdatasync") {
+                return Ok(covered);
+            }
+            file.sync_data().map(|()| covered)
+        }));
+    }
+
+    async fn wait_sync(&mut self) -> Result<Vec<Ack>, SinkError> {
+        let Some(task) = self.syncing.take() else {
             return Ok(Vec::new());
-        }
-        // The ack is this fdatasync; a test build may skip it to prove that tests/powercut.rs notices.
-        if !crate::fault::active("file-sink-fdatasync") {
-            self.file.sync_data().map_err(io_at(&self.partial))?;
-        }
-        self.last_sync = Instant::now();
-        Ok(self
-            .unsynced
-            .drain(..)
+        };
+        let covered = match task.await {
+            Ok(result) => result.map_err(io_at(&self.partial))?,
+            Err(err) => {
+                return Err(io_at(&self.partial)(std::io::Error::other(format!(
+                    "the fsync thread stopped: {err}"
+                ))))
+            }
+        };
+        Ok(covered
+            .into_iter()
             .map(|(seq, cursor)| Ack {
                 seq,
                 cursor,
                 refused: Vec::new(),
             })
             .collect())
+    }
+
+    /// Waits for the running fsync, then syncs what came after it.
+    async fn sync_all(&mut self) -> Result<Vec<Ack>, SinkError> {
+        let mut acks = self.wait_sync().await?;
+        self.start_sync();
+        acks.extend(self.wait_sync().await?);
+        Ok(acks)
     }
 }
 
@@ -147,15 +208,6 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Makes a rename durable.
-fn sync_parent(path: &Path) -> Result<(), SinkError> {
-    claim::sync_dir_of(path).map_err(sink_error)
-}
-
-fn sink_error(ClaimError::Io { path, source }: ClaimError) -> SinkError {
-    SinkError::Io { path, source }
 }
 
 #[cfg(test)]
@@ -182,20 +234,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batches_become_ndjson_and_the_file_is_renamed_when_complete() {
+    #[tokio::test]
+    async fn batches_become_ndjson_and_the_file_is_renamed_when_complete() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
             organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 2,
-        });
-        let mut delivery = sink.open(&target(), None).expect("open");
+        })
+        .expect("sink");
+        let mut delivery = sink.open(&target(), None).await.expect("open");
         let mut acks = delivery
             .send(batch(0, &["{\"a\":1}", "{\"a\":2}"]))
+            .await
             .expect("send");
-        acks.extend(delivery.send(batch(1, &["{\"a\":3}"])).expect("send"));
-        let (more, result) = delivery.finish();
+        acks.extend(delivery.send(batch(1, &["{\"a\":3}"])).await.expect("send"));
+        let (more, result) = delivery.finish().await;
         result.expect("finish");
         acks.extend(more);
         assert_eq!(acks.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![0, 1]);
@@ -209,42 +263,45 @@ mod tests {
             .exists());
     }
 
-    #[test]
-    fn resume_cuts_what_came_after_the_last_ack() {
+    #[tokio::test]
+    async fn resume_cuts_what_came_after_the_last_ack() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
             organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 1,
-        });
-        let mut first = sink.open(&target(), None).expect("open");
-        first.send(batch(0, &["{\"a\":1}"])).expect("send");
-        let acks = first.sync().expect("sync");
+        })
+        .expect("sink");
+        let mut first = sink.open(&target(), None).await.expect("open");
+        first.send(batch(0, &["{\"a\":1}"])).await.expect("send");
+        let acks = first.checkpoint().await.expect("sync");
         let cursor = acks[0].cursor;
         first
             .send(batch(1, &["{\"a\":2}"]))
+            .await
             .expect("send, never acked");
         drop(first);
 
-        let mut again = sink.open(&target(), Some(cursor)).expect("reopen");
-        again.send(batch(1, &["{\"a\":2}"])).expect("send");
-        let (_, result) = again.finish();
+        let mut again = sink.open(&target(), Some(cursor)).await.expect("reopen");
+        again.send(batch(1, &["{\"a\":2}"])).await.expect("send");
+        let (_, result) = again.finish().await;
         result.expect("finish");
         let text = std::fs::read_to_string(dir.path().join("20260101T000000Z_news_occ.ndjson"))
             .expect("complete file");
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
     }
 
-    #[test]
-    fn no_accepted_rows_leave_no_file() {
+    #[tokio::test]
+    async fn no_accepted_rows_leave_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::new(FileSinkSettings {
             organization_id: None,
             dir: dir.path().to_path_buf(),
             batch_size: 1,
-        });
-        let mut delivery = sink.open(&target(), None).expect("open");
-        let (acks, result) = delivery.finish();
+        })
+        .expect("sink");
+        let mut delivery = sink.open(&target(), None).await.expect("open");
+        let (acks, result) = delivery.finish().await;
         result.expect("finish");
         assert!(acks.is_empty());
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);

@@ -128,7 +128,7 @@ impl Sink {
         metrics: Metrics,
     ) -> Result<Sink, SinkError> {
         Ok(match settings {
-            SinkSettings::File(file) => Sink::File(file::FileSink::new(file.clone())),
+            SinkSettings::File(file) => Sink::File(file::FileSink::new(file.clone())?),
             SinkSettings::Http(http) => {
                 Sink::Http(http::HttpSink::new(http.clone(), shutdown, metrics)?)
             }
@@ -142,7 +142,7 @@ impl Sink {
         resume_cursor: Option<u64>,
     ) -> Result<Delivery, SinkError> {
         Ok(match self {
-            Sink::File(sink) => Delivery::File(sink.open(target, resume_cursor)?),
+            Sink::File(sink) => Delivery::File(sink.open(target, resume_cursor).await?),
             Sink::Http(sink) => Delivery::Http(sink.open(target)?),
         })
     }
@@ -176,7 +176,7 @@ impl Delivery {
     /// while the sink applies back-pressure.
     pub async fn send(&mut self, batch: Batch) -> Result<Vec<Ack>, SinkError> {
         match self {
-            Delivery::File(delivery) => delivery.send(batch),
+            Delivery::File(delivery) => delivery.send(batch).await,
             Delivery::Http(delivery) => delivery.send(batch).await,
         }
     }
@@ -186,7 +186,7 @@ impl Delivery {
     /// acks. Batches not acknowledged are sent again on resume.
     pub async fn checkpoint(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
         match self {
-            Delivery::File(delivery) => match delivery.checkpoint() {
+            Delivery::File(delivery) => match delivery.checkpoint().await {
                 Ok(acks) => (acks, Ok(())),
                 Err(err) => (Vec::new(), Err(err)),
             },
@@ -198,7 +198,7 @@ impl Delivery {
     /// shutdown it returns the acks it has and `Err(Interrupted)`.
     pub async fn finish(&mut self) -> (Vec<Ack>, Result<(), SinkError>) {
         match self {
-            Delivery::File(delivery) => delivery.finish(),
+            Delivery::File(delivery) => delivery.finish().await,
             Delivery::Http(delivery) => delivery.finish().await,
         }
     }

@@ -1,0 +1,515 @@
+//! pipeline: takes one claimed file from `processing/` to its outcome.
+//!
+//! The order is the safety, and it is written as explicit steps
+//! ([`Step`]): fingerprint → duplicate check → a whole validation pass
+//! (nothing is sent from a file that will be quarantined) → delivery batch
+//! by batch, recording in the journal only what the sink acknowledged →
+//! finish (report, move to `archive/` or `failed/`). A file leaves
+//! `processing/` only after its last batch is acknowledged. Resuming an
+//! occurrence re-runs the same steps and skips the batches the journal says
+//! are acknowledged. Errors of the proof file end in `failed/`; errors of
+//! our own state (full disk, journal) leave the file where it is, to be
+//! tried again.
+//!
+//! Every journal write and folder fsync goes through group commit
+//! ([`crate::commit`]): a step waits until what it recorded is durable, and
+//! the files in flight share the transactions and fsyncs.
+
+mod deliver;
+mod finish;
+mod produce;
+mod rejects;
+
+pub use finish::settle_moved;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::claim::{self, ClaimError, Fingerprint, StateDirs};
+use crate::commit::{DirSync, JournalWriter};
+use crate::config::Import;
+use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
+use crate::parse::{ResolvedEncoding, RowReader};
+use crate::sink::{DeliveryTarget, Sink, SinkError};
+
+use self::rejects::{Counts, ValidateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    State(#[from] ClaimError),
+    #[error("delivery failed: {0}")]
+    Sink(#[from] SinkError),
+    #[error("occurrence {0} is not in the journal")]
+    UnknownOccurrence(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a worker thread stopped unexpectedly: {0}")]
+    Worker(String),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+}
+
+pub use crate::metrics::Counters;
+
+/// What every file's processing shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub dirs: StateDirs,
+    /// For reads; writes go through `writer`.
+    pub journal: Arc<Mutex<Journal>>,
+    /// Journal writes, group-committed.
+    pub writer: JournalWriter,
+    /// Folder fsyncs after renames, grouped.
+    pub dir_sync: DirSync,
+    pub sink: Sink,
+    pub batch_size: usize,
+    pub shutdown: CancellationToken,
+    pub counters: Arc<Counters>,
+}
+
+impl Context {
+    /// Starts the group-commit threads of the journal and of folder fsyncs.
+    pub fn new(
+        dirs: StateDirs,
+        journal: Journal,
+        sink: Sink,
+        batch_size: usize,
+        shutdown: CancellationToken,
+        counters: Arc<Counters>,
+    ) -> Result<Context, PipelineError> {
+        let journal = Arc::new(Mutex::new(journal));
+        let thread_error = |source| PipelineError::Io {
+            path: dirs.root.clone(),
+            source,
+        };
+        Ok(Context {
+            writer: JournalWriter::start(journal.clone()).map_err(thread_error)?,
+            dir_sync: DirSync::start().map_err(thread_error)?,
+            dirs,
+            journal,
+            sink,
+            batch_size,
+            shutdown,
+            counters,
+        })
+    }
+
+    /// Runs `op` in the next group transaction; returns once committed.
+    pub async fn record(
+        &self,
+        op: impl FnOnce(&mut Journal) -> Result<(), JournalError> + Send + 'static,
+    ) -> Result<(), PipelineError> {
+        Ok(self.writer.write(op).await?)
+    }
+
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How a file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Delivered (maybe with rejected rows) and archived.
+    Archived,
+    /// Too many rejected rows: nothing sent, moved to `failed/`.
+    Quarantined,
+    /// Unreadable: moved to `failed/`.
+    Failed,
+    /// Same content already imported: archived, nothing sent.
+    Duplicate,
+    /// Shutdown came first: the file waits in `processing/`.
+    Interrupted,
+}
+
+/// The `.report.json` beside every finished file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub occurrence_id: String,
+    pub import: String,
+    /// The organization the events went to (the import's, else the sink's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    pub file_name: String,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub status: Verdict,
+    pub reason: Option<String>,
+    pub duplicate_of: Option<String>,
+    pub rows_accepted: u64,
+    pub rows_rejected: u64,
+    pub rows_refused: u64,
+    pub rows_delivered: u64,
+    pub batches: u64,
+    pub claimed_at: String,
+    pub finished_at: String,
+    pub validate_ms: u64,
+    pub deliver_ms: u64,
+    pub file: Option<PathBuf>,
+    pub rejects_file: Option<PathBuf>,
+}
+
+/// One claimed file.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub occurrence_id: String,
+    pub import: Arc<Import>,
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The steps of a file's life, in order. Each either lets the file go on,
+/// ends it (the finish step then writes the report and moves it), or stops
+/// at shutdown with the file left in `processing/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Fingerprint,
+    DuplicateCheck,
+    Validate,
+    Deliver,
+}
+
+const STEPS: [Step; 4] = [
+    Step::Fingerprint,
+    Step::DuplicateCheck,
+    Step::Validate,
+    Step::Deliver,
+];
+
+enum Flow {
+    Next,
+    Finish(Ending),
+    Interrupted,
+}
+
+/// How a file ends, as the finish step needs it.
+struct Ending {
+    verdict: Verdict,
+    reason: Option<String>,
+    /// The file was read and (partly) delivered: refused rows get their
+    /// original lines from it.
+    delivered: bool,
+}
+
+impl Ending {
+    fn unread(verdict: Verdict, reason: String) -> Flow {
+        Flow::Finish(Ending {
+            verdict,
+            reason: Some(reason),
+            delivered: false,
+        })
+    }
+}
+
+/// One file on its way through the steps.
+struct FileRun<'a> {
+    ctx: &'a Context,
+    work: &'a Work,
+    occurrence: Occurrence,
+    report: Report,
+    fingerprint: Option<Fingerprint>,
+    counts: Option<Counts>,
+}
+
+/// Runs one occurrence to its end (or to shutdown).
+pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError> {
+    let mut run = FileRun::load(ctx, work)?;
+    for step in STEPS {
+        let flow = match step {
+            Step::Fingerprint => run.fingerprint().await?,
+            Step::DuplicateCheck => run.duplicate_check()?,
+            Step::Validate => run.validate().await?,
+            Step::Deliver => run.deliver().await?,
+        };
+        match flow {
+            Flow::Next => {}
+            Flow::Interrupted => return Ok(run.report),
+            Flow::Finish(ending) => return finish::finish(run, ending).await,
+        }
+    }
+    // Every step passed.
+    let ending = Ending {
+        verdict: Verdict::Archived,
+        reason: None,
+        delivered: true,
+    };
+    finish::finish(run, ending).await
+}
+
+impl<'a> FileRun<'a> {
+    fn load(ctx: &'a Context, work: &'a Work) -> Result<FileRun<'a>, PipelineError> {
+        let occurrence = ctx
+            .journal()
+            .get(&work.occurrence_id)?
+            .ok_or_else(|| PipelineError::UnknownOccurrence(work.occurrence_id.clone()))?;
+        let report = Report {
+            occurrence_id: occurrence.id.clone(),
+            import: work.import.name.clone(),
+            organization_id: work.import.organization().map(str::to_string),
+            file_name: occurrence.file_name.clone(),
+            sha256: None,
+            size: None,
+            status: Verdict::Interrupted,
+            reason: None,
+            duplicate_of: None,
+            rows_accepted: 0,
+            rows_rejected: 0,
+            rows_refused: 0,
+            rows_delivered: 0,
+            batches: 0,
+            claimed_at: occurrence.claimed_at.clone(),
+            finished_at: String::new(),
+            validate_ms: 0,
+            deliver_ms: 0,
+            file: None,
+            rejects_file: None,
+        };
+        Ok(FileRun {
+            ctx,
+            work,
+            occurrence,
+            report,
+            fingerprint: None,
+            counts: None,
+        })
+    }
+
+    fn resuming(&self) -> bool {
+        self.occurrence.status == Status::Delivering
+    }
+
+    /// SHA-256, size and encoding probe, in one read.
+    async fn fingerprint(&mut self) -> Result<Flow, PipelineError> {
+        let path = self.occurrence.processing_path.clone();
+        let fingerprint = match blocking(move || claim::fingerprint(&path)).await? {
+            Ok(fingerprint) => fingerprint,
+            Err(err) => {
+                return Ok(Ending::unread(
+                    Verdict::Failed,
+                    format!("cannot read the file: {err}"),
+                ))
+            }
+        };
+        self.report.sha256 = Some(fingerprint.sha256.clone());
+        self.report.size = Some(fingerprint.size);
+        let (id, sha256, size) = (
+            self.occurrence.id.clone(),
+            fingerprint.sha256.clone(),
+            fingerprint.size,
+        );
+        self.ctx
+            .record(move |journal| journal.record_fingerprint(&id, &sha256, size))
+            .await?;
+        self.fingerprint = Some(fingerprint);
+        Ok(Flow::Next)
+    }
+
+    /// Same content as a file already imported (or being imported): not sent again.
+    fn duplicate_check(&mut self) -> Result<Flow, PipelineError> {
+        let Some(sha256) = self.report.sha256.as_deref() else {
+            return Ok(Flow::Next);
+        };
+        if self.occurrence.status != Status::Claimed {
+            return Ok(Flow::Next);
+        }
+        let earlier = self
+            .ctx
+            .journal()
+            .find_same_content(sha256, &self.occurrence.id)?;
+        let Some(earlier) = earlier else {
+            return Ok(Flow::Next);
+        };
+        self.report.duplicate_of = Some(earlier.clone());
+        Ok(Ending::unread(
+            Verdict::Duplicate,
+            format!("same content (SHA-256) as occurrence {earlier}: not sent again"),
+        ))
+    }
+
+    /// Every row, before anything is sent; too many rejects quarantine the file.
+    async fn validate(&mut self) -> Result<Flow, PipelineError> {
+        let Some(fingerprint) = self.fingerprint.clone() else {
+            return Ok(Flow::Next);
+        };
+        let started = Instant::now();
+        let counts = {
+            let import = self.work.import.clone();
+            let path = self.occurrence.processing_path.clone();
+            let rejects_path = self.ctx.dirs.rejects_work_path(&self.occurrence.id);
+            blocking(move || rejects::validate(&import, &path, &fingerprint, &rejects_path)).await?
+        };
+        self.report.validate_ms = started.elapsed().as_millis() as u64;
+        let counts = match counts {
+            Ok(counts) => counts,
+            Err(ValidateError::Proof(err)) => {
+                return Ok(Ending::unread(
+                    Verdict::Failed,
+                    format!("cannot read the file: {err}"),
+                ))
+            }
+            Err(ValidateError::State(err)) => return Err(err),
+        };
+        self.report.rows_accepted = counts.accepted;
+        self.report.rows_rejected = counts.rejected;
+        self.counts = Some(counts);
+        self.ctx
+            .counters
+            .rows_rejected
+            .fetch_add(counts.rejected, Ordering::Relaxed);
+        let ratio = rejected_share(counts.accepted, counts.rejected);
+        let max = self.work.import.max_reject_ratio;
+        if ratio > max {
+            return Ok(Ending::unread(
+                Verdict::Quarantined,
+                format!(
+                    "{} of {} rows rejected ({:.0}%, above max_reject_ratio {max}): probably a wrong date format, separator or encoding; nothing was sent",
+                    counts.rejected,
+                    counts.accepted + counts.rejected,
+                    ratio * 100.0,
+                ),
+            ));
+        }
+        Ok(Flow::Next)
+    }
+
+    /// Every batch after those already acknowledged, recording each ack.
+    async fn deliver(&mut self) -> Result<Flow, PipelineError> {
+        let (Some(fingerprint), Some(counts)) = (self.fingerprint.clone(), self.counts) else {
+            return Ok(Flow::Next);
+        };
+        let resuming = self.resuming();
+        let occurrence = &self.occurrence;
+        let batch_size = match occurrence.batch_size {
+            Some(size) if resuming && size > 0 => size,
+            _ => self.ctx.batch_size as u64,
+        };
+        let output_stem = match &occurrence.output_stem {
+            Some(stem) if resuming => stem.clone(),
+            _ => output_stem(occurrence, &self.work.import.name),
+        };
+        let batches_total = counts.accepted.div_ceil(batch_size);
+        if !resuming {
+            let id = occurrence.id.clone();
+            let validated = Validated {
+                rows_accepted: counts.accepted,
+                rows_rejected: counts.rejected,
+                batch_size,
+                batches_total,
+                output_stem: output_stem.clone(),
+            };
+            self.ctx
+                .record(move |journal| journal.record_validated(&id, &validated))
+                .await?;
+        }
+        // Where the sink left off, when resuming.
+        let (skip, cursor) = if resuming {
+            (occurrence.batches_acked, occurrence.sink_cursor)
+        } else {
+            (0, None)
+        };
+        self.ctx
+            .counters
+            .batches_planned
+            .fetch_add(batches_total.saturating_sub(skip), Ordering::Relaxed);
+        let started = Instant::now();
+        let plan = deliver::DeliveryPlan {
+            batch_size,
+            skip,
+            cursor,
+            batches_total,
+            target: DeliveryTarget {
+                occurrence_id: occurrence.id.clone(),
+                import: self.work.import.name.clone(),
+                disable_integrations: self.work.import.disable_integrations,
+                organization_id: self.work.import.organization().map(str::to_string),
+                output_stem,
+            },
+        };
+        let delivered =
+            deliver::deliver(self.ctx, self.work, &self.occurrence, &fingerprint, plan).await?;
+        self.report.deliver_ms = started.elapsed().as_millis() as u64;
+        self.report.batches = delivered;
+        if delivered >= batches_total {
+            return Ok(Flow::Next);
+        }
+        if self.ctx.shutdown.is_cancelled() {
+            return Ok(Flow::Interrupted);
+        }
+        // Nobody may write to a claimed file; someone did, so its content is
+        // no longer what was validated and hashed.
+        Ok(Flow::Finish(Ending {
+            verdict: Verdict::Failed,
+            reason: Some(format!(
+                "the file changed while it was being read (truncated or rewritten in processing/): {delivered} of {batches_total} batches found and delivered; the rest is lost from this copy, drop the original again"
+            )),
+            delivered: true,
+        }))
+    }
+}
+
+/// The share of a file's rows that were rejected, compared with an import's
+/// `max_reject_ratio` (above it, the file is quarantined). 0 for no rows.
+pub fn rejected_share(accepted: u64, rejected: u64) -> f64 {
+    let total = accepted + rejected;
+    if total == 0 {
+        0.0
+    } else {
+        rejected as f64 / total as f64
+    }
+}
+
+/// A proof file's rows, and the encoding they are read in. Every pass over
+/// a file (validation, delivery, a re-read) must decode it the same way, or
+/// line numbers and rows would not match between them.
+pub fn open_rows<'i>(
+    import: &'i Import,
+    path: &Path,
+    fingerprint: &Fingerprint,
+) -> io::Result<(RowReader<'i, File>, ResolvedEncoding)> {
+    let file = claim::open_regular(path)?;
+    let encoding = import
+        .format
+        .encoding
+        .resolve(fingerprint.is_utf8, fingerprint.bom);
+    Ok((RowReader::new(file, &import.format, encoding), encoding))
+}
+
+/// `20261123T145500.123Z_<import>_<occurrence>`: sorts by claim time.
+fn output_stem(occurrence: &Occurrence, import: &str) -> String {
+    let compact: String = occurrence
+        .claimed_at
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!("{compact}_{import}_{}", occurrence.id)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| PipelineError::Worker(err.to_string()))
+}

@@ -1,0 +1,221 @@
+//! The rows of a claimed file turned into batches of events, for delivery.
+//! Parsing and building events cost about the same, so a large file uses
+//! two threads (rows, then events); a small one does both on one thread,
+//! since a thread costs more than its few batches.
+
+use std::path::Path;
+
+use chrono::Utc;
+
+use super::{open_rows, PipelineError};
+use crate::claim::Fingerprint;
+use crate::config::Import;
+use crate::event::EventWriter;
+use crate::index;
+use crate::parse::Record;
+use crate::sink::Batch;
+
+/// Files with at most this many batches to send are read on one thread.
+const ONE_THREAD_BATCHES: u64 = 4;
+
+/// What to read, and from where.
+pub(super) struct Production<'a> {
+    pub import: &'a Import,
+    pub path: &'a Path,
+    pub file_name: &'a str,
+    pub fingerprint: &'a Fingerprint,
+    pub batch_size: u64,
+    pub skip_batches: u64,
+    pub batches_total: u64,
+}
+
+/// Sends the batches; `ids` records each event's id and line for the index.
+pub(super) fn produce(
+    job: &Production<'_>,
+    sender: tokio::sync::mpsc::Sender<Batch>,
+    ids: index::Recorder,
+) -> Result<(), PipelineError> {
+    if job.batches_total.saturating_sub(job.skip_batches) <= ONE_THREAD_BATCHES {
+        produce_on_one_thread(job, sender, ids)
+    } else {
+        produce_batches(
+            job.import,
+            job.path,
+            job.file_name,
+            job.fingerprint,
+            (job.batch_size, job.skip_batches),
+            sender,
+            ids,
+        )
+    }
+}
+
+fn produce_on_one_thread(
+    job: &Production<'_>,
+    sender: tokio::sync::mpsc::Sender<Batch>,
+    mut ids: index::Recorder,
+) -> Result<(), PipelineError> {
+    let io_error = |source| PipelineError::Io {
+        path: job.path.to_path_buf(),
+        source,
+    };
+    let (mut reader, _) = open_rows(job.import, job.path, job.fingerprint).map_err(io_error)?;
+    let mut writer = EventWriter::new(job.import, job.file_name, &job.fingerprint.sha256);
+    let skip_rows = job.skip_batches * job.batch_size;
+    let mut accepted = 0u64;
+    let mut batch = Batch::new(job.skip_batches);
+    loop {
+        let row = match reader.next_record() {
+            Err(crate::parse::ParseError::Io(source)) => return Err(io_error(source)),
+            Ok(None) => break,
+            Ok(Some(Record::Row(row))) => row,
+            Ok(Some(Record::Reject(_))) => continue,
+        };
+        accepted += 1;
+        if accepted <= skip_rows {
+            continue;
+        }
+        batch.push_with(row.line, |out| {
+            ids.record(&writer.write(&row, out), row.line);
+        });
+        if batch.len() as u64 == job.batch_size {
+            let next = Batch::new(batch.seq + 1);
+            if sender
+                .blocking_send(std::mem::replace(&mut batch, next))
+                .is_err()
+            {
+                return Ok(()); // the delivery stopped (shutdown)
+            }
+        }
+    }
+    ids.finish();
+    if !batch.is_empty() {
+        let _ = sender.blocking_send(batch);
+    }
+    Ok(())
+}
+
+/// The delivery pass on two threads, since parsing and building events cost
+/// about the same: this one reads rows into blocks of one batch each, a
+/// scoped thread turns each block into a batch of events, in order.
+fn produce_batches(
+    import: &Import,
+    path: &Path,
+    file_name: &str,
+    fingerprint: &Fingerprint,
+    (batch_size, skip_batches): (u64, u64),
+    sender: tokio::sync::mpsc::Sender<Batch>,
+    mut ids: index::Recorder,
+) -> Result<(), PipelineError> {
+    let io_error = |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (mut reader, _) = open_rows(import, path, fingerprint).map_err(io_error)?;
+    let skip_rows = skip_batches * batch_size;
+    let (blocks, received) = std::sync::mpsc::sync_channel::<RowBlock>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut writer = EventWriter::new(import, file_name, &fingerprint.sha256);
+            for (seq, block) in (skip_batches..).zip(received) {
+                let mut batch = Batch::new(seq);
+                batch
+                    .buf
+                    .reserve(block.text.len() * 3 + 512 * block.rows.len());
+                for row in block.rows() {
+                    batch.push_with(row.line, |out| {
+                        ids.record(&writer.write(&row, out), row.line);
+                    });
+                }
+                if sender.blocking_send(batch).is_err() {
+                    return; // the delivery stopped (shutdown)
+                }
+            }
+            ids.finish();
+        });
+        // Owned here, so that the event thread sees the end when this returns.
+        let blocks = blocks;
+        let mut accepted = 0u64;
+        let mut block = RowBlock::default();
+        loop {
+            let row = match reader.next_record() {
+                Err(crate::parse::ParseError::Io(source)) => return Err(io_error(source)),
+                Ok(None) => break,
+                Ok(Some(Record::Row(row))) => row,
+                Ok(Some(Record::Reject(_))) => continue,
+            };
+            accepted += 1;
+            if accepted <= skip_rows {
+                continue;
+            }
+            block.push(&row);
+            if block.rows.len() as u64 == batch_size
+                && blocks.send(std::mem::take(&mut block)).is_err()
+            {
+                return Ok(()); // the delivery stopped (shutdown)
+            }
+        }
+        if !block.rows.is_empty() {
+            let _ = blocks.send(block);
+        }
+        Ok(())
+    })
+}
+
+/// The rows of one batch, owned, to cross from the reader thread to the
+/// event thread: the text of every field back to back.
+#[derive(Debug, Default)]
+struct RowBlock {
+    text: String,
+    raw: Vec<u8>,
+    rows: Vec<BlockRow>,
+}
+
+#[derive(Debug)]
+struct BlockRow {
+    line: u64,
+    instant: chrono::DateTime<Utc>,
+    /// Where email, purpose id, purpose text and origin end in `text`.
+    ends: [usize; 4],
+    raw_end: usize,
+}
+
+impl RowBlock {
+    fn push(&mut self, row: &crate::parse::Row<'_>) {
+        let mut ends = [0; 4];
+        for (end, field) in
+            ends.iter_mut()
+                .zip([row.email, row.purpose_id, row.purpose_text, row.origin])
+        {
+            self.text.push_str(field);
+            *end = self.text.len();
+        }
+        self.raw.extend_from_slice(row.raw);
+        self.rows.push(BlockRow {
+            line: row.line,
+            instant: row.instant,
+            ends,
+            raw_end: self.raw.len(),
+        });
+    }
+
+    fn rows(&self) -> impl Iterator<Item = crate::parse::Row<'_>> {
+        let mut text_start = 0;
+        let mut raw_start = 0;
+        self.rows.iter().map(move |row| {
+            let [email, purpose_id, purpose_text, origin] = row.ends;
+            let parsed = crate::parse::Row {
+                line: row.line,
+                email: &self.text[text_start..email],
+                purpose_id: &self.text[email..purpose_id],
+                purpose_text: &self.text[purpose_id..purpose_text],
+                instant: row.instant,
+                origin: &self.text[purpose_text..origin],
+                raw: &self.raw[raw_start..row.raw_end],
+            };
+            text_start = origin;
+            raw_start = row.raw_end;
+            parsed
+        })
+    }
+}
