@@ -1,20 +1,22 @@
 //! index: event id → (archive day, occurrence, line), so that `trace` finds
 //! the proof of one event among millions without reading the archive.
 //!
-//! The decision, measured against the import benchmark (the index may cost
-//! the import path at most 5%): ids are already computed once per row while
+//! The decision, against the import benchmark (the index may cost the
+//! import path at most 5%): ids are already computed once per row while
 //! events are built, so the delivery pass hands each `(id, line)` to a
-//! [`Recorder`], which keeps 12 bytes a row, sorts them by the id's first 8
-//! bytes in chunks of 64k and appends the chunks to `work/<occ>.ids`
-//! (unsynced: it is a cache, rebuilt from the file itself when incomplete).
-//! When the file is archived, [`seal`] merges the chunks into one sorted run
-//! `index/<day>/<level>-<name>.run`, written to a temporary name, fsynced and
-//! renamed (durable like the rest); runs of one day are merged,
-//! log-structured, when eight of a level exist, so a lookup reads few runs
-//! (a binary search of each, a few `pread`s). A SQLite table was the other
-//! candidate: random inserts into a B-tree of 10 million keys cost
-//! microseconds a row, far above the budget, where a sorted run costs a
-//! sort and one sequential write.
+//! [`Recorder`], which keeps 16 bytes a row (id prefix, line, event
+//! number), sorts them in chunks of 256k and appends the chunks to
+//! `work/<occ>.ids` (unsynced: a cache, rebuilt from the file itself when
+//! incomplete). When the file is archived, [`seal`] merges the chunks into
+//! one sorted run `index/<day>/<level>-<name>.run`, written to a temporary
+//! name, fsynced and renamed (durable like the rest); runs of one day are
+//! merged, log-structured, when eight of a level exist, so a lookup reads
+//! few runs (a binary search of each, a few `pread`s). The import pays one
+//! append a row, a sort and one sequential write of 16 MB a million rows
+//! (`scripts/bench-trace.sh` measures it against the index turned off).
+//! A SQLite table was the other candidate, not taken: an insert a row into
+//! a B-tree of 10 million random keys touches a random page each time,
+//! where a sorted run is one sequential write.
 //!
 //! Only 8 bytes of the id are kept: a hit is a candidate, which `trace`
 //! confirms by rebuilding the event from its line. Runs are per archive day
