@@ -9,7 +9,9 @@ mod harness;
 use std::time::Duration;
 
 use api_server::{BackgroundApi, ServerOptions};
-use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT, LONG};
+use harness::{
+    api_key_credentials, http_sink, proof_rows, wait_until, ConfigDoc, Site, IMPORT, LONG,
+};
 
 /// A second import, `backfill`, for files `bf-*`, that names its own organization.
 const SECOND_ORG_IMPORT: &str = r#"
@@ -233,7 +235,9 @@ fn check_online_reads_every_page_of_purposes_and_names_what_is_missing() {
         .all(|q| q.contains("organization_id=org-1")));
 
     // A missing default purpose.
-    let missing_default = IMPORT.replace("\"email_global\"", "\"email_everything\"");
+    let missing_default = ConfigDoc::of(IMPORT)
+        .change("import[0].default_purpose", "email_everything")
+        .text();
     let (site, _root) = http_site(&api, &missing_default);
     let (code, text) = check_online(&site);
     assert_eq!(code, 1, "{text}");
@@ -244,12 +248,10 @@ fn check_online_reads_every_page_of_purposes_and_names_what_is_missing() {
     assert!(text.contains("\"newsletter_weekly\": present"), "{text}");
 
     // A missing subscription mapping, and passthrough said to be unverifiable.
-    let missing_subscription = IMPORT
-        .replace("\"newsletter_weekly\"", "\"newsletter_daily\"")
-        .replace(
-            "default_purpose",
-            "unknown_subscription = \"passthrough\"\ndefault_purpose",
-        );
+    let missing_subscription = ConfigDoc::of(IMPORT)
+        .change("import[0].subscriptions.12", "newsletter_daily")
+        .set("import[0].unknown_subscription", "passthrough")
+        .text();
     let (site, _root) = http_site(&api, &missing_subscription);
     let (code, text) = check_online(&site);
     assert_eq!(code, 1, "{text}");
@@ -292,12 +294,9 @@ fn the_daemon_warns_of_missing_purposes_at_start_and_on_sighup() {
     assert_eq!(report["rows_refused"], 10, "{report}");
     assert_eq!(api.server.event_count(), 20);
 
-    let config = std::fs::read_to_string(&site.config).expect("config");
-    std::fs::write(
-        &site.config,
-        config.replace("\"email_global\"", "\"email_other\""),
-    )
-    .expect("config");
+    ConfigDoc::read(&site.config)
+        .change("import[0].default_purpose", "email_other")
+        .write(&site.config);
     daemon.signal(libc::SIGHUP);
     assert!(
         wait_until(LONG, || site.log().contains(

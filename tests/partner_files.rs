@@ -6,7 +6,7 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 
-use harness::{wait_until, Site, LONG};
+use harness::{wait_until, ConfigDoc, Site, LONG};
 
 /// One import per kind of file.
 const IMPORTS: &str = r#"
@@ -337,10 +337,12 @@ fn sample_writes_utf16_for_a_utf16_import_and_it_reads_back() {
 #[test]
 fn attach_row_proof_of_a_utf16_row_is_its_readable_text() {
     use base64::Engine;
-    let site = Site::new(&IMPORTS.replace(
-        "encoding = \"utf-16\"",
-        "encoding = \"utf-16\"\nattach_row_proof = true",
-    ));
+    let doc = ConfigDoc::of(IMPORTS);
+    assert_eq!(
+        doc.get("import[2].name").and_then(toml::Value::as_str),
+        Some("unicode")
+    );
+    let site = Site::new(&doc.set("import[2].attach_row_proof", true).text());
     let file = site.path("unicode-no-mark.txt");
     std::fs::copy(fixture("unicode-no-mark.txt"), &file).expect("copy");
     assert_eq!(site.import(&file).status.code(), Some(1));
