@@ -4,11 +4,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::time::Duration;
-
-use harness::{wait_until, Site, IMPORT};
-
-const LONG: Duration = Duration::from_secs(60);
+use harness::{wait_until, ConfigDoc, Site, IMPORT, LONG};
 
 fn comma_rows(prefix: &str, rows: usize) -> String {
     let mut text = String::new();
@@ -49,12 +45,10 @@ fn a_file_quarantined_for_its_separator_goes_back_once_the_config_is_fixed() {
     assert_eq!(output.status.code(), Some(1));
     assert!(failed.join("pr-comma.csv").exists());
 
-    let config = std::fs::read_to_string(&site.config).expect("config");
-    std::fs::write(
-        &site.config,
-        config.replace("separator = \";\"", "separator = \",\""),
-    )
-    .expect("fix the separator");
+    // Fix the separator.
+    ConfigDoc::read(&site.config)
+        .change("import[0].separator", ",")
+        .write(&site.config);
     daemon.signal(libc::SIGHUP);
     assert!(
         wait_until(LONG, || site.log().contains("configuration reloaded")),

@@ -7,13 +7,10 @@ mod api_server;
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use api_server::{BackgroundApi, ServerOptions};
-use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT};
+use harness::{api_key_credentials, http_sink, proof_rows, wait_until, Site, IMPORT, LONG};
 use serde_json::Value;
-
-const LONG: Duration = Duration::from_secs(60);
 
 const WIN_IMPORT: &str = r#"
 [[import]]
