@@ -22,10 +22,22 @@
 # pass weigh more, so judge it on a million rows). The test server keeps every
 # event in memory (about 0.6 GB a million).
 #
+# Beside each file-sink run, Miller (`mlr`, installed by scripts/peer-bench.sh)
+# converts the same file to JSON lines, in the same run: its rows/s and the
+# ratio consent-drop / Miller are printed (skipped when mlr is missing).
+#
+# Storm, for BENCH_STORM_FILES files of 20 rows (default 6000; 0 skips it):
+# the files are renamed into the drop folder of a running `consent-drop run`,
+# once with the file sink and once to the test server; prints files/s (from
+# the first rename to the last report), requests per 1,000 events and the
+# daemon's peak RSS.
+#
 # Needs GNU time (`apt-get install time`) for the seconds and peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 http_rows="${BENCH_HTTP_ROWS:-1000000}"
+storm_files="${BENCH_STORM_FILES:-6000}"
+[[ "$storm_files" =~ ^[0-9]+$ ]] || { echo "BENCH_STORM_FILES=$storm_files: not a number of files" >&2; exit 2; }
 [[ "$http_rows" =~ ^[0-9]+$ ]] || { echo "BENCH_HTTP_ROWS=$http_rows: not a number of rows" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "GNU time missing: apt-get install time" >&2; exit 2; }
 cargo build --release --quiet --bin consent-drop --example test_server --example api_load
@@ -56,7 +68,7 @@ $(imports)
 TOML
 mkdir -p "$work/drop"
 timer=(/usr/bin/time -f "%e %M")
-printf '%-10s %12s %10s %10s %12s\n' rows seconds rows/s MB/s peak_RSS_MiB
+printf '%-10s %12s %10s %10s %12s %12s %8s\n' rows seconds rows/s MB/s peak_RSS_MiB miller_rows/s ratio
 for rows in "${@:-1000000 5000000}"; do
   for n in $rows; do
     file="$work/pr-bench-$n.csv"
@@ -65,11 +77,17 @@ for rows in "${@:-1000000 5000000}"; do
     rm -rf "$work/state" "$work/outbox"
     "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
     read -r seconds rss_kib < "$work/time"
-    python3 - "$n" "$seconds" "$bytes" "$rss_kib" <<'PY'
+    miller_seconds=0
+    if command -v mlr > /dev/null; then
+      "${timer[@]}" -o "$work/mtime" mlr --icsv --ifs ';' --allow-ragged-csv-input --ojsonl cat "$file" > /dev/null
+      read -r miller_seconds _ < "$work/mtime"
+    fi
+    python3 - "$n" "$seconds" "$bytes" "$rss_kib" "$miller_seconds" <<'PY'
 import sys
-n, s, b, rss = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+n, s, b, rss, m = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 s = max(s, 0.01)
-print(f"{n:<10d} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f}")
+miller, ratio = ("-", "-") if m <= 0 else (f"{n/m:.0f}", f"{m/s:.2f}x")
+print(f"{n:<10d} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f} {miller:>12} {ratio:>8}")
 PY
     lines=$(cat "$work"/outbox/*.ndjson | wc -l)
     [ "$lines" -le "$n" ] || { echo "more events than rows?" >&2; exit 1; }
@@ -77,7 +95,7 @@ PY
   done
 done
 
-[ "$http_rows" -gt 0 ] || exit 0
+[ "$http_rows" -gt 0 ] || [ "$storm_files" -gt 0 ] || exit 0
 
 # --- HTTP: the test API alone, then consent-drop delivering to it ---------
 
@@ -125,6 +143,7 @@ print(f"{run:<20} {c:>2} {int(requests):>9d} {s:9.2f} {int(requests) / s:11.1f} 
 PY
 }
 
+if [ "$http_rows" -gt 0 ]; then
 file="$work/pr-bench-http.csv"
 "$bin" sample -c "$work/bench.toml" --import bench --rows "$http_rows" -o "$file"
 rm -rf "$work/state" "$work/outbox"
@@ -178,3 +197,59 @@ awk -v d="${daemon_rps[4]}" -v a="${alone_rps[$best_c]}" -v bc="$best_c" 'BEGIN 
                       : "NOT within 20%: consent-drop is the bottleneck"
   printf "\nconcurrency 4: consent-drop %.1f requests/s = %.0f%% of the test server alone (best %.1f requests/s, at concurrency %d): %s\n", d, pct, a, bc, verdict
 }'
+fi
+
+# --- Storm: many small files renamed into a running daemon ------------------
+
+[ "$storm_files" -gt 0 ] || exit 0
+
+storm_files_make() { # DIR COUNT
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for f in range(n):
+    rows = ["email;purpose;date;origin;subscription"]
+    for i in range(20):
+        rows.append(f"u{f}x{i}@example.com;J'accepte;{1 + i % 28:02d}/06/2020 21:28:{i % 60:02d};203.0.113.{i % 250};{'12' if i % 3 == 0 else ''}")
+    with open(os.path.join(d, f"pr-storm-{f:06d}.csv"), "w") as out:
+        out.write("\n".join(rows) + "\n")
+PY
+}
+
+storm_run() { # NAME SINK_TABLE -> prints a row
+  local name="$1" sink="$2" dir="$work/storm-$1"
+  rm -rf "$dir"; mkdir -p "$dir/drop" "$dir/stage"
+  printf '[watch]\ndir = "%s/drop"\n[state]\ndir = "%s/state"\n[sink]\n%s\n' "$dir" "$dir" "$sink" > "$dir/c.toml"
+  imports >> "$dir/c.toml"
+  storm_files_make "$dir/stage" "$storm_files"
+  BENCH_TOKEN="$token" "${timer[@]}" -o "$dir/time" "$bin" run -c "$dir/c.toml" 2> "$dir/log" &
+  local pid=$!
+  for _ in $(seq 1 100); do grep -q "consent-drop is running" "$dir/log" 2> /dev/null && break; sleep 0.05; done
+  local start end
+  start=$(date +%s.%N)
+  for f in "$dir"/stage/*; do mv "$f" "$dir/drop/"; done
+  until [ "$(find "$dir/state/archive" -name '*.report.json' 2> /dev/null | wc -l)" -ge "$storm_files" ]; do sleep 0.1; done
+  end=$(date +%s.%N)
+  pkill -TERM -P "$pid" 2> /dev/null || kill -TERM "$pid"
+  wait "$pid" || true
+  read -r _ rss_kib < "$dir/time"
+  echo "$name $start $end $rss_kib"
+}
+
+token=bench-token
+echo
+echo "Storm: $storm_files files of 20 rows renamed into a running daemon (settle_ms 2000 included)"
+printf '%-12s %9s %9s %16s %9s\n' sink seconds files/s requests/1000ev peak_MiB
+read -r _ start end rss < <(storm_run file "kind = \"file\"
+dir = \"$work/storm-file/outbox\"
+batch_size = 100")
+awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16s %9.1f\n", "file", t, n / t, "-", r / 1024 }'
+start_server
+read -r _ start end rss < <(storm_run http "kind = \"http\"
+base_url = \"$base_url\"
+organization_id = \"bench\"
+allow_insecure_http = true
+token_env = \"BENCH_TOKEN\"
+batch_size = 100")
+stop_server
+awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" -v q="$served_requests" -v ev="$served_events" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16.1f %9.1f\n", "test server", t, n / t, 1000 * q / ev, r / 1024 }'
