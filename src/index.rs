@@ -480,6 +480,11 @@ fn runs_in(dir: &Path) -> Result<Vec<(u32, PathBuf)>, IndexError> {
 /// is durable before its inputs are removed: a crash in between leaves
 /// records twice, which lookups report once.
 fn compact(dir: &Path) -> Result<(), IndexError> {
+    // Files finishing together seal into one day at once: without the lock
+    // two of them merge the same inputs and the slower one finds them gone.
+    let lock_path = dir.join(".compact.lock");
+    let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+    lock_exclusively(&lock).map_err(io_at(&lock_path))?;
     loop {
         let runs = runs_in(dir)?;
         let Some(level) = runs
@@ -513,6 +518,22 @@ fn compact(dir: &Path) -> Result<(), IndexError> {
             fs::remove_file(path).map_err(io_at(path))?;
         }
         claim::sync_dir_of(&dir.join("x"))?;
+    }
+}
+
+/// Blocks until this process holds `file`'s exclusive advisory lock; the
+/// kernel drops it when `file` is closed. (`File::lock` needs Rust 1.89.)
+fn lock_exclusively(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a descriptor that `file` owns for this call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
     }
 }
 
@@ -806,6 +827,29 @@ mod tests {
         assert_eq!(hits[0].occurrence_id, occ(18));
         assert_eq!(hits[0].line, 6);
         assert!(lookup(state, &id(7_777_777)).expect("lookup").is_empty());
+    }
+
+    #[test]
+    fn regression_files_sealing_one_day_at_once_never_lose_a_merge_input() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path();
+        // Enough files at once that several reach a merge together.
+        std::thread::scope(|scope| {
+            for thread in 0..8u32 {
+                scope.spawn(move || {
+                    for file in 0..8u32 {
+                        let n = thread * 8 + file;
+                        let ids: Vec<u64> = (0..5).map(|i| u64::from(n) * 10 + i).collect();
+                        seal_ids(state, "2026-11-04", &occ(100 + n), &ids);
+                    }
+                });
+            }
+        });
+        for n in 0..64u64 {
+            let hits = lookup(state, &id(n * 10 + 4)).expect("lookup");
+            assert_eq!(hits.len(), 1, "id of file {n}: {hits:?}");
+            assert_eq!(hits[0].occurrence_id, occ(100 + n as u32));
+        }
     }
 
     #[test]
