@@ -28,4 +28,5 @@ pub mod retention;
 pub mod retry;
 pub mod sink;
 pub mod trace;
+pub mod unpack;
 pub mod watch;

@@ -57,7 +57,59 @@ pattern = "^java-"
 date_format = "yyyy-MM-dd'T'HH:mm:ss"
 separator = ","
 default_purpose = "email_global"
+
+[[import]]
+name = "consentements"
+pattern = "^pr-consentements-[0-9]+$"
+date_format = "dd/MM/yyyy HH:mm:ss"
+timezone = "Europe/Paris"
+separator = ";"
+encoding = "auto"
+default_purpose = "email_global"
+[import.subscriptions]
+"12" = "newsletter_weekly"
 "#;
+
+/// Imports that do not describe their files: every row fails the same way.
+const MISMATCHED: &str = r#"
+[[import]]
+name = "wrong-separator"
+pattern = "^mismatch-tabs"
+date_format = "dd/MM/yyyy HH:mm:ss"
+separator = ";"
+default_purpose = "email_global"
+
+[[import]]
+name = "wrong-encoding"
+pattern = "^mismatch-utf16"
+date_format = "dd/MM/yyyy HH:mm:ss"
+separator = "tab"
+encoding = "utf-8"
+default_purpose = "email_global"
+
+[[import]]
+name = "wrong-dates"
+pattern = "^mismatch-dates"
+date_format = "MM/dd/yyyy HH:mm:ss"
+separator = ";"
+default_purpose = "email_global"
+"#;
+
+/// Each mismatched fixture and the cause its quarantine must name.
+const CAUSES: [(&str, &str); 3] = [
+    (
+        "mismatch-tabs.csv",
+        "the rows are separated by tabs, the import says ';': set separator = \"tab\"",
+    ),
+    (
+        "mismatch-utf16.txt",
+        "this file is UTF-16 (byte-order mark FF FE), the import says utf-8: set encoding = \"utf-16\" (or \"auto\")",
+    ),
+    (
+        "mismatch-dates.csv",
+        "the dates look like dd/MM/yyyy HH:mm:ss, the import says MM/dd/yyyy HH:mm:ss: set date_format = \"dd/MM/yyyy HH:mm:ss\"",
+    ),
+];
 
 /// An event as the test states it: line, e-mail, instant, purpose id, purpose text.
 type Event = (u64, &'static str, &'static str, &'static str, &'static str);
@@ -97,8 +149,38 @@ fn excel_case(file: &'static str, second: &'static str) -> Case {
     }
 }
 
+/// The same rows, as dropped plain, gzip-compressed or zipped.
+fn consentements_case(file: &'static str) -> Case {
+    Case {
+        file,
+        events: vec![
+            (
+                2,
+                "jane@example.com",
+                "2026-11-05T09:23:45Z",
+                "newsletter_weekly",
+                "J'accepte la lettre d'information",
+            ),
+            (
+                3,
+                "bob@example.com",
+                "2026-11-05T09:24:00Z",
+                "email_global",
+                "Oui;\nles offres",
+            ),
+        ],
+        rejects: vec![(
+            5,
+            "e-mail \"bad\" is not a plausible address",
+            "bad;x;05/11/2026 10:24:00;203.0.113.9",
+        )],
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
+        consentements_case("pr-consentements-11.csv.gz"),
+        consentements_case("pr-consentements-12.zip"),
         Case {
             file: "form-export-multiline.csv",
             events: vec![
@@ -361,4 +443,120 @@ fn attach_row_proof_of_a_utf16_row_is_its_readable_text() {
         "{}",
         events[0]
     );
+}
+
+/// The events of a file without what names the file itself.
+fn content_of_events(site: &Site) -> Vec<serde_json::Value> {
+    let mut events = site.outbox_events();
+    for event in &mut events {
+        let metadata = event["metadata"].as_object_mut().expect("metadata");
+        metadata.remove("source_file");
+        metadata.remove("source_sha256");
+    }
+    events
+}
+
+#[test]
+fn a_gzip_drop_gives_exactly_the_events_of_the_file_and_keeps_its_bytes() {
+    use sha2::Digest;
+    let plain = Site::new(IMPORTS);
+    let file = plain.path("pr-consentements-11.csv");
+    std::fs::copy(fixture("pr-consentements-11.csv"), &file).expect("copy");
+    assert_eq!(plain.import(&file).status.code(), Some(1));
+    let packed = Site::new(IMPORTS);
+    let file = packed.path("pr-consentements-11.csv.gz");
+    std::fs::copy(fixture("pr-consentements-11.csv.gz"), &file).expect("copy");
+    assert_eq!(packed.import(&file).status.code(), Some(1));
+    let events = content_of_events(&packed);
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events,
+        content_of_events(&plain),
+        "the same events, ids included"
+    );
+    // The archive keeps the file as dropped, and the events name its SHA-256.
+    let dropped = std::fs::read(fixture("pr-consentements-11.csv.gz")).expect("fixture");
+    let reports = packed.reports("archive");
+    let archived = std::fs::read(reports[0]["file"].as_str().expect("path")).expect("archived");
+    assert_eq!(archived, dropped);
+    let hex: String = sha2::Sha256::digest(&dropped)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(reports[0]["sha256"], hex.as_str());
+    for event in packed.outbox_events() {
+        assert_eq!(event["metadata"]["source_sha256"], hex.as_str());
+        assert_eq!(
+            event["metadata"]["source_file"],
+            "pr-consentements-11.csv.gz"
+        );
+    }
+    // Dropped again, compressed or not the same bytes are a duplicate.
+    let output = packed.import(&file);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Duplicate"));
+}
+
+#[test]
+fn check_names_the_cause_of_each_kind_of_mismatch() {
+    let site = Site::new(MISMATCHED);
+    for (name, cause) in CAUSES {
+        let file = site.path(name);
+        std::fs::copy(fixture(name), &file).expect("copy");
+        let output = site
+            .command()
+            .args(["check", "-c"])
+            .arg(&site.config)
+            .arg(&file)
+            .output()
+            .expect("check");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("would be QUARANTINED"), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("likely cause: {cause}")),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_quarantine_report_and_the_daemon_log_name_the_cause() {
+    let site = Site::new(MISMATCHED);
+    let file = site.path(CAUSES[0].0);
+    std::fs::copy(fixture(CAUSES[0].0), &file).expect("copy");
+    assert_eq!(site.import(&file).status.code(), Some(1));
+    let reports = site.reports("failed");
+    let reason = reports[0]["reason"].as_str().unwrap_or_default();
+    // Its header is not one either: read with ';' its first field is not "email".
+    assert!(reason.starts_with("6 of 6 rows rejected"), "{reason}");
+    assert!(reason.contains(CAUSES[0].1), "{reason}");
+
+    let site = Site::new(MISMATCHED);
+    let daemon = site.start();
+    for (name, _) in CAUSES {
+        let bytes = std::fs::read(fixture(name)).expect("fixture");
+        site.drop_file(name, &bytes);
+    }
+    // The log line follows the report: wait for the lines themselves.
+    let logged = |name: &str| {
+        site.log()
+            .lines()
+            .any(|line| line.contains(name) && line.contains("failed/"))
+    };
+    assert!(
+        wait_until(LONG, || CAUSES.iter().all(|(name, _)| logged(name))),
+        "every file quarantined and logged; log:\n{}",
+        site.log()
+    );
+    let log = site.log();
+    for (name, cause) in CAUSES {
+        let line = log
+            .lines()
+            .find(|line| line.contains(name) && line.contains("failed/"))
+            .unwrap_or_else(|| panic!("no log line for {name}:\n{log}"));
+        assert!(
+            line.contains(&cause.replace('"', "\\\"")) || line.contains(cause),
+            "{line}"
+        );
+    }
+    daemon.stop_cleanly();
 }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use super::{
     file_name_of, import_for_file, io_at, load_config, runtime, stdout_error, CommandError, Exit,
 };
-use crate::claim;
 use crate::config::{Config, Import, ImportMatch, SinkSettings};
 use crate::event::EventWriter;
 use crate::parse::Record;
@@ -157,7 +156,11 @@ fn dry_run(
     show: usize,
     out: &mut dyn Write,
 ) -> Result<Exit, CommandError> {
-    let fingerprint = match claim::fingerprint(file) {
+    let fingerprint = match crate::unpack::fingerprint(
+        file,
+        import.format.encoding,
+        import.max_decompressed_bytes,
+    ) {
         Ok(fingerprint) => fingerprint,
         Err(err) => {
             writeln!(out, "{}: cannot read: {err}", file.display()).map_err(stdout_error)?;
@@ -209,7 +212,7 @@ fn dry_run(
         found.rejected
     )
     .map_err(stdout_error)?;
-    print_findings(import, &found, out)?;
+    print_findings(import, file, &found, out)?;
     Ok(if found.rejected > 0 {
         Exit::Rejected
     } else {
@@ -220,6 +223,7 @@ fn dry_run(
 /// The verdict a run would give, the first rejects and the first events.
 fn print_findings(
     import: &Import,
+    file: &Path,
     found: &DryRun,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
@@ -230,6 +234,11 @@ fn print_findings(
             import.max_reject_ratio * 100.0
         )
         .map_err(stdout_error)?;
+        if let Some(cause) =
+            crate::unpack::diagnose(file, &import.format, import.max_decompressed_bytes)
+        {
+            writeln!(out, "  likely cause: {cause}").map_err(stdout_error)?;
+        }
     }
     if !found.rejects.is_empty() {
         writeln!(out, "first rejects:").map_err(stdout_error)?;

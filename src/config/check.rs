@@ -326,6 +326,9 @@ impl Checker<'_> {
                 format!("{} is not between 64 and 16777216", raw.max_row_bytes),
             ));
         }
+        if raw.max_decompressed_bytes == 0 {
+            return Err(fail("max_decompressed_bytes", "must be at least 1".into()));
+        }
         let subscriptions = subscriptions(&raw.subscriptions, &fail)?;
         if raw
             .organization_id
@@ -352,6 +355,7 @@ impl Checker<'_> {
             },
             disable_integrations: raw.disable_integrations,
             max_reject_ratio: raw.max_reject_ratio,
+            max_decompressed_bytes: raw.max_decompressed_bytes,
             attach_row_proof: raw.attach_row_proof,
             user_metadata: raw.user_metadata,
             organization_id: raw.organization_id,

@@ -183,6 +183,10 @@ pub(super) struct RawImport {
     /// Longest accepted row, in bytes.
     #[serde(default = "default_max_row_bytes")]
     pub max_row_bytes: usize,
+    /// Most bytes a `.gz` or `.zip` drop may decompress to (it is also held
+    /// to 1000 times its own size): above, it is a decompression bomb.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: u64,
     /// Fixed keys copied into every event's `user.metadata`.
     #[serde(default)]
     pub user_metadata: BTreeMap<String, String>,
@@ -248,4 +252,7 @@ fn default_unknown_subscription() -> UnknownSubscription {
 }
 fn default_max_row_bytes() -> usize {
     DEFAULT_MAX_ROW_BYTES
+}
+fn default_max_decompressed_bytes() -> u64 {
+    crate::unpack::DEFAULT_MAX_DECOMPRESSED_BYTES
 }

@@ -139,6 +139,8 @@ pub struct Import {
     pub format: RowFormat,
     pub disable_integrations: bool,
     pub max_reject_ratio: f64,
+    /// Most bytes a `.gz` / `.zip` drop may decompress to.
+    pub max_decompressed_bytes: u64,
     pub attach_row_proof: bool,
     pub user_metadata: BTreeMap<String, String>,
     /// `organization_id` as the import names it (overrides the sink's).
@@ -206,6 +208,8 @@ impl Config {
 
 /// The name without its last extension (`a.b.csv` → `a.b`); a leading dot is not an extension.
 pub fn file_stem(file_name: &str) -> &str {
+    // A compressed drop is matched by the name of what it holds.
+    let file_name = crate::unpack::Packing::strip(file_name);
     match file_name.rfind('.') {
         Some(0) | None => file_name,
         Some(dot) => &file_name[..dot],

@@ -6,6 +6,7 @@
 //! keeps more than one row (at most `max_row_bytes`) in memory.
 
 pub mod date;
+mod diagnose;
 mod encoding;
 mod iso8601;
 mod reader;
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 pub use date::{DateError, DateFormat};
+pub use diagnose::{diagnose, Diagnosis, DIAGNOSIS_BYTES};
 pub use encoding::{Bom, ContentProbe, InputEncoding, ResolvedEncoding};
 pub use reader::RowReader;
 pub use utf8::Utf8Probe;

@@ -22,7 +22,6 @@ mod rejects;
 
 pub use finish::settle_moved;
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -33,12 +32,13 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::claim::{self, ClaimError, Fingerprint, StateDirs};
+use crate::claim::{ClaimError, Fingerprint, StateDirs};
 use crate::commit::{DirSync, JournalWriter};
 use crate::config::Import;
 use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
 use crate::parse::{ResolvedEncoding, RowReader};
 use crate::sink::{DeliveryTarget, Sink, SinkError};
+use crate::unpack;
 
 use self::rejects::{Counts, ValidateError};
 
@@ -303,7 +303,11 @@ impl<'a> FileRun<'a> {
     /// SHA-256, size and encoding probe, in one read.
     async fn fingerprint(&mut self) -> Result<Flow, PipelineError> {
         let path = self.occurrence.processing_path.clone();
-        let fingerprint = match blocking(move || claim::fingerprint(&path)).await? {
+        let (encoding, max) = (
+            self.work.import.format.encoding,
+            self.work.import.max_decompressed_bytes,
+        );
+        let fingerprint = match blocking(move || unpack::fingerprint(&path, encoding, max)).await? {
             Ok(fingerprint) => fingerprint,
             Err(err) => {
                 return Ok(Ending::unread(
@@ -381,10 +385,22 @@ impl<'a> FileRun<'a> {
         let ratio = rejected_share(counts.accepted, counts.rejected);
         let max = self.work.import.max_reject_ratio;
         if ratio > max {
+            let cause = {
+                let path = self.occurrence.processing_path.clone();
+                let import = self.work.import.clone();
+                blocking(move || {
+                    unpack::diagnose(&path, &import.format, import.max_decompressed_bytes)
+                })
+                .await?
+            };
+            let cause = cause.map_or_else(
+                || "probably a wrong date format, separator or encoding".to_string(),
+                |cause| cause.to_string(),
+            );
             return Ok(Ending::unread(
                 Verdict::Quarantined,
                 format!(
-                    "{} of {} rows rejected ({:.0}%, above max_reject_ratio {max}): probably a wrong date format, separator or encoding; nothing was sent",
+                    "{} of {} rows rejected ({:.0}%, above max_reject_ratio {max}): {cause}; nothing was sent",
                     counts.rejected,
                     counts.accepted + counts.rejected,
                     ratio * 100.0,
@@ -487,8 +503,8 @@ pub fn open_rows<'i>(
     import: &'i Import,
     path: &Path,
     fingerprint: &Fingerprint,
-) -> io::Result<(RowReader<'i, File>, ResolvedEncoding)> {
-    let file = claim::open_regular(path)?;
+) -> io::Result<(RowReader<'i, unpack::Content>, ResolvedEncoding)> {
+    let file = unpack::open(path, import.max_decompressed_bytes)?;
     let encoding = import
         .format
         .encoding
