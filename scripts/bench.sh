@@ -32,6 +32,9 @@
 # the first rename to the last report), requests per 1,000 events and the
 # daemon's peak RSS.
 #
+# Partner files, for BENCH_PARTNER_ROWS rows (default 1000000; 0 skips it):
+# the same rows as UTF-8, as UTF-16, as .csv.gz and with iso8601 dates.
+#
 # Needs GNU time (`apt-get install time`) for the seconds and peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +97,62 @@ PY
     rm -f "$file"
   done
 done
+
+# --- Partner files: the same rows as UTF-16, as .csv.gz, with iso8601 dates --
+# BENCH_PARTNER_ROWS (default 1000000; 0 skips it) rows, written by `sample`
+# for each import below (the same contacts, purposes and instants), imported
+# to the file sink; rows/s and peak RSS for each, UTF-8 first as the reference.
+partner_files() {
+  local rows="$1" kind file import bytes seconds rss_kib
+  cat >> "$work/bench.toml" <<'TOML'
+[[import]]
+name = "bench-utf16"
+pattern = "^u16-.*$"
+date_format = "dd/MM/yyyy HH:mm:ss"
+timezone = "Europe/Paris"
+separator = ";"
+encoding = "utf-16"
+default_purpose = "email_global"
+unknown_subscription = "passthrough"
+[[import]]
+name = "bench-iso"
+pattern = "^iso-.*$"
+date_format = "iso8601"
+timezone = "Europe/Paris"
+separator = ";"
+encoding = "auto"
+default_purpose = "email_global"
+unknown_subscription = "passthrough"
+TOML
+  echo
+  echo "Partner files: $rows rows, file sink"
+  printf '%-22s %12s %10s %10s %12s\n' file seconds rows/s MB/s peak_RSS_MiB
+  for kind in utf-8 utf-16 csv.gz iso8601; do
+    case "$kind" in
+      utf-8) import=bench; file="$work/pr-partner.csv" ;;
+      utf-16) import=bench-utf16; file="$work/u16-partner.txt" ;;
+      csv.gz) import=bench; file="$work/pr-partner-gz.csv" ;;
+      iso8601) import=bench-iso; file="$work/iso-partner.csv" ;;
+    esac
+    "$bin" sample -c "$work/bench.toml" --import "$import" --rows "$rows" -o "$file"
+    if [ "$kind" = csv.gz ]; then gzip -1 "$file"; file="$file.gz"; fi
+    bytes=$(stat -c %s "$file")
+    rm -rf "$work/state" "$work/outbox"
+    "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
+    read -r seconds rss_kib < "$work/time"
+    python3 - "$kind" "$rows" "$seconds" "$bytes" "$rss_kib" <<'PY'
+import sys
+kind, n, s, b, rss = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+s = max(s, 0.01)
+print(f"{kind:<22} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f}")
+PY
+    [ "$(cat "$work"/outbox/*.ndjson | wc -l)" -eq "$rows" ] || { echo "$kind: expected $rows events" >&2; exit 1; }
+    rm -f "$file"
+  done
+}
+partner_rows="${BENCH_PARTNER_ROWS:-1000000}"
+[[ "$partner_rows" =~ ^[0-9]+$ ]] || { echo "BENCH_PARTNER_ROWS=$partner_rows: not a number of rows" >&2; exit 2; }
+[ "$partner_rows" -eq 0 ] || partner_files "$partner_rows"
 
 [ "$http_rows" -gt 0 ] || [ "$storm_files" -gt 0 ] || exit 0
 
