@@ -125,7 +125,11 @@ pub fn retry_one(config: &Config, file: &Path) -> Result<Outcome, RetryError> {
             )))
         }
     };
-    let print = match claim::fingerprint(file) {
+    let print = match crate::unpack::fingerprint(
+        file,
+        import.format.encoding,
+        import.max_decompressed_bytes,
+    ) {
         Ok(print) => print,
         Err(err) => return Ok(Outcome::Stays(format!("cannot read: {err}"))),
     };

@@ -169,7 +169,17 @@ fn hold(config: &Config, occurrence: Occurrence) -> Result<Held<'_>, TraceError>
         .outcome_path
         .clone()
         .unwrap_or_else(|| occurrence.processing_path.clone());
-    let print = match claim::fingerprint(&file) {
+    let import = config
+        .import_named(&occurrence.import)
+        .map(|import| import.as_ref());
+    // A .gz / .zip proof is read decompressed, as the pipeline read it.
+    let print = match import {
+        Some(import) => {
+            crate::unpack::fingerprint(&file, import.format.encoding, import.max_decompressed_bytes)
+        }
+        None => claim::fingerprint(&file),
+    };
+    let print = match print {
         Ok(print) => print,
         // Shown as a proof that fails its check, not as an error.
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => claim::Fingerprint {
@@ -180,9 +190,6 @@ fn hold(config: &Config, occurrence: Occurrence) -> Result<Held<'_>, TraceError>
         },
         Err(err) => return Err(io_at(&file)(err)),
     };
-    let import = config
-        .import_named(&occurrence.import)
-        .map(|import| import.as_ref());
     Ok(Held {
         occurrence,
         file,
