@@ -165,6 +165,17 @@ pub fn open(path: &Path, max_decompressed_bytes: u64) -> io::Result<Content> {
 }
 
 impl Content {
+    /// A plain file, already open (and perhaps positioned): read as it is.
+    pub fn plain(file: File) -> Content {
+        Content {
+            inner: Inner::Plain(file),
+            packing: Packing::Plain,
+            limit: u64::MAX,
+            limit_why: "",
+            produced: 0,
+        }
+    }
+
     fn corrupt(&self, err: &io::Error) -> io::Error {
         UnpackError::Corrupt {
             packing: self.packing.word(),

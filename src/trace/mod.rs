@@ -293,6 +293,7 @@ fn read_proofs(
             let mut file = claim::open_regular(&held.file).map_err(io_at(&held.file))?;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
                 .map_err(io_at(&held.file))?;
+            let file = crate::unpack::Content::plain(file);
             let reader = crate::parse::RowReader::new(file, &seek_format, encoding);
             (reader, encoding, line - 1, u64::from(ordinal))
         }
