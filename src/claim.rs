@@ -261,6 +261,22 @@ fn temporary_beside(path: &Path, suffix: &str) -> PathBuf {
     }
 }
 
+/// The proof files of an outcome folder (`failed/` or an archive day),
+/// sorted: not the reports and rejects that [`choose_placement`] puts
+/// beside them.
+pub fn proof_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let companion = name.ends_with(".report.json") || name.ends_with(".rejects.csv");
+        if !companion && entry.file_type().is_ok_and(|t| t.is_file()) {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Writes a small file durably: temporary name, fsync, rename, fsync folder.
 pub fn write_durably(path: &Path, content: &[u8]) -> Result<(), ClaimError> {
     write_synced(path, content)?;

@@ -55,21 +55,11 @@ pub enum Outcome {
 /// The files of `failed/` (not their reports or rejects).
 pub fn failed_files(config: &Config) -> Result<Vec<PathBuf>, RetryError> {
     let failed = config.state_dir.join("failed");
-    let mut files = Vec::new();
-    let entries = match fs::read_dir(&failed) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(files),
-        Err(err) => return Err(io_at(&failed)(err)),
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let companion = name.ends_with(".report.json") || name.ends_with(".rejects.csv");
-        if !companion && entry.file_type().is_ok_and(|t| t.is_file()) {
-            files.push(entry.path());
-        }
+    match claim::proof_files_in(&failed) {
+        Ok(files) => Ok(files),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(io_at(&failed)(err)),
     }
-    files.sort();
-    Ok(files)
 }
 
 /// `failed/NAME` as given: relative to the working folder if it is there,

@@ -580,16 +580,7 @@ pub fn list_days(archive: &Path) -> Result<Vec<String>, TraceError> {
 
 /// The proof files of one archive day (not their reports or rejects).
 fn archived_files(dir: &Path) -> Result<Vec<PathBuf>, TraceError> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_at(dir))?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let companion = name.ends_with(".report.json") || name.ends_with(".rejects.csv");
-        if !companion && entry.file_type().is_ok_and(|t| t.is_file()) {
-            files.push(entry.path());
-        }
-    }
-    files.sort();
-    Ok(files)
+    claim::proof_files_in(dir).map_err(io_at(dir))
 }
 
 fn report_occurrence(report: &Path) -> Option<String> {
