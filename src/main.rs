@@ -113,8 +113,26 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format);
+    let exit = match dispatch(&cli.command) {
+        Ok(exit) => exit,
+        Err(err) => {
+            let exit = err.exit();
+            let message = format!("{:#}", anyhow::Error::from(err));
+            match cli.log_format {
+                // A JSON log stays JSON to its last line.
+                LogFormat::Json => tracing::error!(exit_code = exit as u8, "{message}"),
+                LogFormat::Human => eprintln!("consent-drop: {message}"),
+            }
+            exit
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Runs one subcommand, its output on standard output.
+fn dispatch(command: &Command) -> Result<Exit, commands::CommandError> {
     let mut out = std::io::stdout().lock();
-    let result = match &cli.command {
+    match command {
         Command::Run { config } => commands::run(config.as_deref()),
         Command::Check {
             config,
@@ -180,19 +198,5 @@ fn main() -> ExitCode {
             output.as_deref(),
             &mut out,
         ),
-    };
-    let exit = match result {
-        Ok(exit) => exit,
-        Err(err) => {
-            let exit = err.exit();
-            let message = format!("{:#}", anyhow::Error::from(err));
-            match cli.log_format {
-                // A JSON log stays JSON to its last line.
-                LogFormat::Json => tracing::error!(exit_code = exit as u8, "{message}"),
-                LogFormat::Human => eprintln!("consent-drop: {message}"),
-            }
-            exit
-        }
-    };
-    ExitCode::from(exit as u8)
+    }
 }

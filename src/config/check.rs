@@ -314,21 +314,7 @@ impl Checker<'_> {
         if raw.default_purpose.trim().is_empty() {
             return Err(fail("default_purpose", "is empty".into()));
         }
-        if !(0.0..=1.0).contains(&raw.max_reject_ratio) {
-            return Err(fail(
-                "max_reject_ratio",
-                format!("{} is not between 0 and 1", raw.max_reject_ratio),
-            ));
-        }
-        if raw.max_row_bytes < 64 || raw.max_row_bytes > 16 * 1024 * 1024 {
-            return Err(fail(
-                "max_row_bytes",
-                format!("{} is not between 64 and 16777216", raw.max_row_bytes),
-            ));
-        }
-        if raw.max_decompressed_bytes == 0 {
-            return Err(fail("max_decompressed_bytes", "must be at least 1".into()));
-        }
+        limits(&raw, &fail)?;
         let subscriptions = subscriptions(&raw.subscriptions, &fail)?;
         if raw
             .organization_id
@@ -362,6 +348,26 @@ impl Checker<'_> {
             effective_organization: None,
         })
     }
+}
+
+/// The numeric bounds of one `[[import]]`.
+fn limits(raw: &RawImport, fail: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&raw.max_reject_ratio) {
+        return Err(fail(
+            "max_reject_ratio",
+            format!("{} is not between 0 and 1", raw.max_reject_ratio),
+        ));
+    }
+    if raw.max_row_bytes < 64 || raw.max_row_bytes > 16 * 1024 * 1024 {
+        return Err(fail(
+            "max_row_bytes",
+            format!("{} is not between 64 and 16777216", raw.max_row_bytes),
+        ));
+    }
+    if raw.max_decompressed_bytes == 0 {
+        return Err(fail("max_decompressed_bytes", "must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// `[import.subscriptions]`: numeric subscription ids to non-empty purpose ids.

@@ -129,8 +129,7 @@ struct Daemon {
     listed: HashSet<String>,
     tasks: JoinSet<TaskEnd>,
     warned: HashSet<String>,
-    watchdog: Option<Duration>,
-    last_watchdog: Instant,
+    watchdog: Option<schedule::Watchdog>,
     last_status: String,
     hints: tokio::sync::mpsc::UnboundedReceiver<Hint>,
     _watcher: notify::RecommendedWatcher,
@@ -164,10 +163,10 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&last_status),
         ]);
-        let watchdog = watchdog_interval();
-        if watchdog.is_some() {
+        let watchdog = watchdog_interval().map(|every| {
             notify_systemd(&[sd_notify::NotifyState::Watchdog]);
-        }
+            schedule::Watchdog::new(every, Instant::now())
+        });
         Ok(Daemon {
             config,
             ctx,
@@ -180,7 +179,6 @@ impl Daemon {
             tasks: JoinSet::new(),
             warned: HashSet::new(),
             watchdog,
-            last_watchdog: Instant::now(),
             last_status,
             hints,
             _watcher: watcher,
@@ -191,7 +189,7 @@ impl Daemon {
     fn tick_every(&self) -> Duration {
         let mut every = (self.config.watch.settle / 4)
             .clamp(Duration::from_millis(20), Duration::from_millis(250));
-        if let Some(watchdog) = self.watchdog {
+        if let Some(watchdog) = self.watchdog.as_ref().map(schedule::Watchdog::every) {
             // Ticks must come at least as often as the pings they carry.
             every = every.min(watchdog).max(Duration::from_millis(1));
         }
@@ -310,12 +308,10 @@ impl Daemon {
             // Started now, so that the gauges below count them in flight.
             self.start_files(Instant::now());
         }
-        if let Some(every) = self.watchdog {
-            // Ping when the next tick could come too late: the gap
-            // between pings stays within half the watchdog timeout.
-            if self.last_watchdog.elapsed() + self.tick_every() > every {
+        let tick = self.tick_every();
+        if let Some(watchdog) = &mut self.watchdog {
+            if watchdog.due(Instant::now(), tick) {
                 notify_systemd(&[sd_notify::NotifyState::Watchdog]);
-                self.last_watchdog = Instant::now();
             }
         }
         let waiting = self.readiness.waiting() + self.schedule.queued();

@@ -106,6 +106,35 @@ impl Schedule {
     }
 }
 
+/// When to tell systemd we are alive: the gap between two pings stays
+/// within `every` (half the watchdog timeout) as long as ticks come every
+/// `tick` or sooner.
+#[derive(Debug)]
+pub struct Watchdog {
+    every: Duration,
+    last: Instant,
+}
+
+impl Watchdog {
+    pub fn new(every: Duration, now: Instant) -> Watchdog {
+        Watchdog { every, last: now }
+    }
+
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// Whether to ping at this tick: the next tick could come too late.
+    pub fn due(&mut self, now: Instant, tick: Duration) -> bool {
+        if now.saturating_duration_since(self.last) + tick > self.every {
+            self.last = now;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +220,43 @@ mod tests {
         assert_eq!(schedule.next_due(), Some(now + RETRY_FIRST));
         assert_eq!(schedule.queued(), 2);
         assert_eq!(schedule.in_flight(), 0);
+    }
+
+    /// Ticks as the daemon's loop makes them (a tokio interval); the pings
+    /// they carry are never further apart than half the watchdog timeout.
+    async fn ping_gaps(every: Duration, tick: Duration) -> Vec<Duration> {
+        let mut watchdog = Watchdog::new(every, Instant::now());
+        let mut interval = tokio::time::interval(tick);
+        let start = Instant::now();
+        let mut pings = vec![start];
+        while start.elapsed() < Duration::from_secs(3) {
+            interval.tick().await;
+            let now = Instant::now();
+            if watchdog.due(now, tick) {
+                pings.push(now);
+            }
+        }
+        pings.windows(2).map(|pair| pair[1] - pair[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_pings_within_its_interval_whatever_the_tick() {
+        let every = Duration::from_millis(100);
+        for tick_ms in [1, 7, 20, 33, 50, 99, 100] {
+            let tick = Duration::from_millis(tick_ms);
+            let gaps = ping_gaps(every, tick).await;
+            assert!(gaps.len() > 10, "tick {tick:?}: {} pings", gaps.len());
+            assert!(
+                gaps.iter().all(|gap| *gap <= every),
+                "tick {tick:?}: gaps {gaps:?}"
+            );
+            // Not a ping at every tick when ticks are frequent.
+            if tick_ms <= 20 {
+                assert!(
+                    gaps.iter().all(|gap| *gap >= every / 2),
+                    "tick {tick:?}: gaps {gaps:?}"
+                );
+            }
+        }
     }
 }
