@@ -122,67 +122,9 @@ impl TokenSource {
         }
         match &self.credentials {
             Credentials::ApiKey { key, secret } => {
-                if let Some(current) = &state.current {
-                    if current.renew_at.is_none_or(|at| Instant::now() < at) {
-                        return Ok(current.bearer());
-                    }
-                    tracing::debug!(api_key = %key, "the session token is about to expire: opening a new session");
-                }
-                let secret = read_secret(secret).await?;
-                let session = match open_session(client, &self.sessions_url, key, &secret).await {
-                    Ok(session) => session,
-                    Err(TokenError::Transient(problem)) => {
-                        // The API is having trouble: a token that has not expired yet still serves.
-                        if let Some(current) = state.current.as_ref().filter(|c| c.still_valid()) {
-                            tracing::warn!(api_key = %key, "cannot renew the session yet ({problem}); the current token stays in use");
-                            return Ok(current.bearer());
-                        }
-                        return Err(TokenError::Transient(problem));
-                    }
-                    Err(err) => return Err(err),
-                };
-                let (now, now_instant) = (SystemTime::now(), Instant::now());
-                let renew_at = renew_at(session.exp, now, now_instant);
-                let expires_at = expires_at(session.exp, now, now_instant);
-                if session.exp.is_some() && renew_at.is_none() {
-                    tracing::warn!(
-                        api_key = %key,
-                        "the new session token has already expired by this machine's clock; it is used until the API refuses it (check the clock)"
-                    );
-                }
-                tracing::info!(
-                    api_key = %key,
-                    "session opened for api key {key}{}",
-                    describe_exp(session.exp)
-                );
-                Ok(state.install(session.token, renew_at, expires_at))
+                self.session_bearer(&mut state, client, key, secret).await
             }
-            Credentials::TokenFile(path) => {
-                let meta = tokio::fs::metadata(path)
-                    .await
-                    .map_err(|err| token_file_fault(path, &err.to_string()))?;
-                let stamp = (meta.modified().ok(), meta.len());
-                if state.file_stamp == Some(stamp) {
-                    if let Some(current) = &state.current {
-                        return Ok(current.bearer());
-                    }
-                }
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|err| token_file_fault(path, &err.to_string()))?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(token_file_fault(path, "the file is empty"));
-                }
-                state.file_stamp = Some(stamp);
-                if let Some(current) = &state.current {
-                    if current.token.expose() == token {
-                        return Ok(current.bearer());
-                    }
-                }
-                tracing::info!(path = %path.display(), "token read from {}", path.display());
-                Ok(state.install(Secret::new(token.to_string()), None, None))
-            }
+            Credentials::TokenFile(path) => file_bearer(&mut state, path).await,
             Credentials::TokenEnv(var) => {
                 if let Some(current) = &state.current {
                     return Ok(current.bearer());
@@ -195,6 +137,79 @@ impl TokenSource {
             }
         }
     }
+
+    /// With an API key: the current session's token, or a new session's
+    /// when it is about to expire.
+    async fn session_bearer(
+        &self,
+        state: &mut TokenState,
+        client: &reqwest::Client,
+        key: &str,
+        secret: &SecretSource,
+    ) -> Result<Bearer, TokenError> {
+        if let Some(current) = &state.current {
+            if current.renew_at.is_none_or(|at| Instant::now() < at) {
+                return Ok(current.bearer());
+            }
+            tracing::debug!(api_key = %key, "the session token is about to expire: opening a new session");
+        }
+        let secret = read_secret(secret).await?;
+        let session = match open_session(client, &self.sessions_url, key, &secret).await {
+            Ok(session) => session,
+            Err(TokenError::Transient(problem)) => {
+                // The API is having trouble: a token that has not expired yet still serves.
+                if let Some(current) = state.current.as_ref().filter(|c| c.still_valid()) {
+                    tracing::warn!(api_key = %key, "cannot renew the session yet ({problem}); the current token stays in use");
+                    return Ok(current.bearer());
+                }
+                return Err(TokenError::Transient(problem));
+            }
+            Err(err) => return Err(err),
+        };
+        let (now, now_instant) = (SystemTime::now(), Instant::now());
+        let renew_at = renew_at(session.exp, now, now_instant);
+        let expires_at = expires_at(session.exp, now, now_instant);
+        if session.exp.is_some() && renew_at.is_none() {
+            tracing::warn!(
+                api_key = %key,
+                "the new session token has already expired by this machine's clock; it is used until the API refuses it (check the clock)"
+            );
+        }
+        tracing::info!(
+            api_key = %key,
+            "session opened for api key {key}{}",
+            describe_exp(session.exp)
+        );
+        Ok(state.install(session.token, renew_at, expires_at))
+    }
+}
+
+/// A token file: the token read before, unless the file changed since.
+async fn file_bearer(state: &mut TokenState, path: &Path) -> Result<Bearer, TokenError> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|err| token_file_fault(path, &err.to_string()))?;
+    let stamp = (meta.modified().ok(), meta.len());
+    if state.file_stamp == Some(stamp) {
+        if let Some(current) = &state.current {
+            return Ok(current.bearer());
+        }
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|err| token_file_fault(path, &err.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(token_file_fault(path, "the file is empty"));
+    }
+    state.file_stamp = Some(stamp);
+    if let Some(current) = &state.current {
+        if current.token.expose() == token {
+            return Ok(current.bearer());
+        }
+    }
+    tracing::info!(path = %path.display(), "token read from {}", path.display());
+    Ok(state.install(Secret::new(token.to_string()), None, None))
 }
 
 impl TokenState {
