@@ -244,7 +244,15 @@ pub fn choose_placement(dir: &Path, file_name: &str, occurrence_id: &str) -> Pla
         rejects: dir.join(fit_name(name, ".rejects.csv")),
     };
     let plain = placement(file_name);
-    if plain.file.exists() || plain.report.exists() {
+    // A report of this same occurrence, left by a crash before its file
+    // moved, is rewritten rather than left beside no file.
+    let ours = || {
+        fs::read(&plain.report)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+            .is_some_and(|report| report["occurrence_id"] == occurrence_id)
+    };
+    if plain.file.exists() || (plain.report.exists() && !ours()) {
         placement(&format!("{occurrence_id}--{file_name}"))
     } else {
         plain
@@ -426,5 +434,19 @@ mod tests {
         fs::write(&first.file, "x").expect("write");
         let second = choose_placement(&dirs.archive, "a.csv", "o2");
         assert_eq!(second.file, dirs.archive.join("o2--a.csv"));
+    }
+
+    /// A crash after a file's report was written, before the file moved:
+    /// finishing again rewrites that report, never leaves it beside no file.
+    #[test]
+    fn regression_a_report_left_by_a_crash_is_rewritten_not_orphaned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = dir.path().join("b.csv.report.json");
+        fs::write(&report, r#"{"occurrence_id": "o1"}"#).expect("write");
+        let again = choose_placement(dir.path(), "b.csv", "o1");
+        assert_eq!(again.file, dir.path().join("b.csv"));
+        assert_eq!(again.report, report);
+        let other = choose_placement(dir.path(), "b.csv", "o2");
+        assert_eq!(other.file, dir.path().join("o2--b.csv"));
     }
 }
