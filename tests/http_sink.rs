@@ -366,11 +366,12 @@ async fn an_outage_of_503s_and_429s_loses_and_duplicates_nothing() {
     server.set_429_burst(5, 1);
     let mut delivery = open(&sink, "outage").await;
 
-    let acks = deliver(&server, &mut delivery, batches("outage", 20, 50)).await;
+    // Full batches: one request each, as small ones would share requests.
+    let acks = deliver(&server, &mut delivery, batches("outage", 20, 100)).await;
 
     assert_eq!(acks.len(), 20);
     assert!(no_refusals(&acks));
-    assert_eq!(server.event_count(), 1000);
+    assert_eq!(server.event_count(), 2000);
     assert_eq!(server.duplicates(), 0, "a delivered batch was sent again");
     assert!(
         server.requests() > 25,
@@ -390,11 +391,12 @@ async fn dropped_connections_are_retried() {
     server.drop_connections(3);
     let mut delivery = open(&sink, "dropped").await;
 
-    let acks = deliver(&server, &mut delivery, batches("dropped", 3, 10)).await;
+    // Full batches: one request each, as small ones would share requests.
+    let acks = deliver(&server, &mut delivery, batches("dropped", 3, 100)).await;
 
     assert_eq!(acks.len(), 3);
     assert_eq!(server.requests(), 6);
-    assert_eq!(server.event_count(), 30);
+    assert_eq!(server.event_count(), 300);
 }
 
 #[tokio::test]
@@ -501,6 +503,123 @@ async fn refused_events_are_isolated_and_the_rest_delivered() {
     }
     assert_eq!(server.event_count(), 97);
     assert_eq!(server.duplicates(), 0);
+}
+
+/// One batch of 20 events from each of `names`, their deliveries open and
+/// waiting for their readers together, as files in flight are; `refused`
+/// names the lines of a file that the API refuses. Returns each file's acks.
+async fn send_together(
+    sink: &Sink,
+    names: &[&str],
+    refused: fn(&str) -> Vec<u64>,
+) -> Vec<Vec<Ack>> {
+    let mut deliveries = Vec::new();
+    for name in names {
+        let mut delivery = open(sink, name).await;
+        delivery.producing();
+        deliveries.push(delivery);
+    }
+    for (delivery, name) in deliveries.iter_mut().zip(names) {
+        let batch = batch_with(name, 0, 20, |line| {
+            if refused(name).contains(&line) {
+                format!("user{line}+refuse@example.com")
+            } else {
+                format!("user{line}@example.com")
+            }
+        });
+        let early = delivery.send(batch).await.expect("send");
+        assert!(early.is_empty(), "acked before the others had their batch");
+    }
+    let mut acks = Vec::new();
+    for delivery in &mut deliveries {
+        let (done, result) = delivery.finish().await;
+        result.expect("finish");
+        acks.push(done);
+    }
+    acks
+}
+
+/// The small batches of files in flight together go in one request.
+#[tokio::test]
+async fn small_batches_of_several_files_share_a_request() {
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
+    let names = [
+        "share-a", "share-b", "share-c", "share-d", "share-e", "share-f",
+    ];
+
+    let acks = send_together(&sink, &names, |_| Vec::new()).await;
+
+    assert!(acks.iter().all(|acks| acks.len() == 1 && no_refusals(acks)));
+    assert_eq!(server.event_count(), 120);
+    assert_eq!(
+        server
+            .request_organizations()
+            .iter()
+            .map(Vec::len)
+            .collect::<Vec<_>>(),
+        [100, 20],
+        "requests filled up to batch_size, in order"
+    );
+}
+
+/// A 400/422 on a shared request is bisected; each file's ack holds
+/// exactly its own refused lines.
+#[tokio::test]
+async fn a_refused_shared_request_gives_each_file_its_own_refused_lines() {
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
+    let names = ["mixed-a", "mixed-b", "mixed-c"];
+    let refused = |name: &str| match name {
+        "mixed-a" => vec![3],
+        "mixed-b" => vec![5, 9],
+        _ => Vec::new(),
+    };
+
+    let acks = send_together(&sink, &names, refused).await;
+
+    for (name, acks) in names.iter().zip(&acks) {
+        assert_eq!(acks.len(), 1, "{name}");
+        let lines: Vec<u64> = acks[0].refused.iter().map(|r| r.line).collect();
+        assert_eq!(lines, refused(name), "{name}: its own refused lines");
+        for refusal in &acks[0].refused {
+            let (id, _) = event(name, refusal.line, "");
+            assert!(refusal.message.contains(&id), "{}", refusal.message);
+        }
+    }
+    assert_eq!(server.event_count(), 60 - 3);
+    assert_eq!(server.duplicates(), 0);
+}
+
+/// A file alone does not wait for anyone: its batch goes at once.
+#[tokio::test]
+async fn a_small_file_alone_is_sent_at_once() {
+    let Fixture {
+        server,
+        sink,
+        _secrets,
+        ..
+    } = fixture(options(), |_| {}).await;
+    let mut delivery = open(&sink, "alone").await;
+    delivery.producing();
+    let acks = delivery.send(batch("alone", 0, 20)).await.expect("send");
+    assert!(acks.is_empty());
+    assert!(
+        server.wait_for_events(20, LONG).await,
+        "the batch went before its delivery finished"
+    );
+    let (acks, result) = delivery.finish().await;
+    result.expect("finish");
+    assert_eq!(acks.len(), 1);
+    assert_eq!(server.requests(), 1);
 }
 
 #[tokio::test]
@@ -816,13 +935,14 @@ async fn concurrency_bounds_requests_in_flight_for_the_whole_sink() {
     let mut first = open(&sink, "conc-a").await;
     let mut second = open(&sink, "conc-b").await;
 
+    // Full batches: one request each, as small ones would share requests.
     let (a, b) = tokio::join!(
-        deliver(&server, &mut first, batches("conc-a", 6, 5)),
-        deliver(&server, &mut second, batches("conc-b", 6, 5)),
+        deliver(&server, &mut first, batches("conc-a", 6, 100)),
+        deliver(&server, &mut second, batches("conc-b", 6, 100)),
     );
 
     assert_eq!((a.len(), b.len()), (6, 6));
-    assert_eq!(server.event_count(), 60);
+    assert_eq!(server.event_count(), 1200);
     assert_eq!(
         server.max_in_flight(),
         2,
@@ -844,7 +964,8 @@ async fn max_requests_per_second_paces_request_starts() {
     let mut delivery = open(&sink, "paced").await;
 
     let start = Instant::now();
-    let acks = deliver(&server, &mut delivery, batches("paced", 6, 5)).await;
+    // Full batches: one request each, as small ones would share requests.
+    let acks = deliver(&server, &mut delivery, batches("paced", 6, 100)).await;
 
     assert_eq!(acks.len(), 6);
     assert!(

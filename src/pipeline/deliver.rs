@@ -17,7 +17,7 @@ use super::{Context, PipelineError, Work};
 use crate::claim::Fingerprint;
 use crate::index;
 use crate::journal::{JournalError, Occurrence};
-use crate::sink::{Ack, Batch, DeliveryTarget, Refusal, SinkError};
+use crate::sink::{Ack, Batch, Coming, DeliveryTarget, Refusal, SinkError};
 
 pub(super) struct DeliveryPlan {
     pub batch_size: u64,
@@ -25,6 +25,9 @@ pub(super) struct DeliveryPlan {
     pub cursor: Option<u64>,
     pub batches_total: u64,
     pub target: DeliveryTarget,
+    /// Announced to the sink before the validated counts were recorded;
+    /// dropped once the delivery is open and producing.
+    pub coming: Coming,
 }
 
 /// Sends every batch after `plan.skip`; returns how many batches are
@@ -66,7 +69,11 @@ pub(super) async fn deliver(
 
     let mut progress = Progress::new(occurrence.id.clone(), plan.skip, plan.cursor);
     let mut interrupted = false;
+    let mut coming = Some(plan.coming);
     loop {
+        // Other files' events may wait for this batch to fill a request.
+        delivery.producing();
+        drop(coming.take());
         let batch = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => { interrupted = true; break; }

@@ -37,7 +37,10 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
         mut report,
         fingerprint,
         counts,
+        coming,
     } = run;
+    // Whatever comes from here on is not events.
+    drop(coming);
     report.status = ending.verdict;
     report.reason = ending.reason;
     let present = occurrence.processing_path.exists();

@@ -37,7 +37,7 @@ use crate::commit::{DirSync, JournalWriter};
 use crate::config::Import;
 use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
 use crate::parse::{ResolvedEncoding, RowReader};
-use crate::sink::{DeliveryTarget, Sink, SinkError};
+use crate::sink::{Coming, DeliveryTarget, Sink, SinkError};
 use crate::unpack;
 
 use self::rejects::{Counts, ValidateError};
@@ -191,6 +191,11 @@ enum Step {
     Deliver,
 }
 
+/// Files up to this size tell the sink they are coming from their
+/// fingerprint on (their validation takes milliseconds), so that the events
+/// of many small files share requests; larger ones from their validation's end.
+const SMALL_FILE_BYTES: u64 = 1 << 20;
+
 const STEPS: [Step; 4] = [
     Step::Fingerprint,
     Step::DuplicateCheck,
@@ -231,6 +236,8 @@ struct FileRun<'a> {
     report: Report,
     fingerprint: Option<Fingerprint>,
     counts: Option<Counts>,
+    /// Told to the sink once a small file is read: see [`Sink::coming`].
+    coming: Option<Coming>,
 }
 
 /// Runs one occurrence to its end (or to shutdown).
@@ -293,7 +300,15 @@ impl<'a> FileRun<'a> {
             report,
             fingerprint: None,
             counts: None,
+            coming: None,
         })
+    }
+
+    fn coming_to_sink(&self) -> Coming {
+        let import = &self.work.import;
+        self.ctx
+            .sink
+            .coming(import.organization(), import.disable_integrations)
     }
 
     fn resuming(&self) -> bool {
@@ -318,6 +333,10 @@ impl<'a> FileRun<'a> {
         };
         self.report.sha256 = Some(fingerprint.sha256.clone());
         self.report.size = Some(fingerprint.size);
+        if fingerprint.size <= SMALL_FILE_BYTES {
+            // Its validation is short: small requests may wait for it.
+            self.coming = Some(self.coming_to_sink());
+        }
         let (id, sha256, size) = (
             self.occurrence.id.clone(),
             fingerprint.sha256.clone(),
@@ -426,6 +445,16 @@ impl<'a> FileRun<'a> {
             _ => output_stem(occurrence, &self.work.import.name),
         };
         let batches_total = counts.accepted.div_ceil(batch_size);
+        let target = DeliveryTarget {
+            occurrence_id: occurrence.id.clone(),
+            import: self.work.import.name.clone(),
+            disable_integrations: self.work.import.disable_integrations,
+            organization_id: self.work.import.organization().map(str::to_string),
+            output_stem: output_stem.clone(),
+        };
+        // From here on (or from the fingerprint on, for a small file) other
+        // files' small requests wait for this one's events.
+        let coming = self.coming.take().unwrap_or_else(|| self.coming_to_sink());
         if !resuming {
             let id = occurrence.id.clone();
             let validated = Validated {
@@ -455,13 +484,8 @@ impl<'a> FileRun<'a> {
             skip,
             cursor,
             batches_total,
-            target: DeliveryTarget {
-                occurrence_id: occurrence.id.clone(),
-                import: self.work.import.name.clone(),
-                disable_integrations: self.work.import.disable_integrations,
-                organization_id: self.work.import.organization().map(str::to_string),
-                output_stem,
-            },
+            target,
+            coming,
         };
         let delivered =
             deliver::deliver(self.ctx, self.work, &self.occurrence, &fingerprint, plan).await?;

@@ -147,6 +147,21 @@ impl Sink {
         })
     }
 
+    /// A file is on its way to delivery to `organization_id` (the import's;
+    /// None: the sink's) with `disable_integrations`: until the returned
+    /// guard is dropped, the http sink holds requests of that destination
+    /// that are not full for its events. Drop it once its delivery is open
+    /// and producing, or when the file ends without one; never hold it
+    /// across a wait on the sink.
+    pub fn coming(&self, organization_id: Option<&str>, disable_integrations: bool) -> Coming {
+        Coming {
+            _guard: match self {
+                Sink::File(_) => None,
+                Sink::Http(sink) => sink.coming(organization_id, disable_integrations),
+            },
+        }
+    }
+
     /// At start and on SIGHUP: the API sink checks in the background that
     /// the organizations have the purposes the imports map (warnings only).
     pub fn check_purposes(&self, imports: &[std::sync::Arc<crate::config::Import>]) {
@@ -163,6 +178,13 @@ impl Sink {
     }
 }
 
+/// See [`Sink::coming`].
+#[derive(Debug)]
+pub struct Coming {
+    /// Held for its `Drop`.
+    _guard: Option<http::Coming>,
+}
+
 /// The delivery of one occurrence's batches, in order.
 #[derive(Debug)]
 pub enum Delivery {
@@ -171,6 +193,14 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// The delivery waits for its next batch from its reader: the http sink
+    /// holds a request that is not full for it (nothing else waits for it).
+    pub fn producing(&mut self) {
+        if let Delivery::Http(delivery) = self {
+            delivery.producing();
+        }
+    }
+
     /// Hands over the next batch (seq strictly increasing). Returns the acks
     /// that became final, in order, possibly for earlier batches. May wait
     /// while the sink applies back-pressure.

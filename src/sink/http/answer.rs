@@ -8,9 +8,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::delivery::Target;
 use super::request::Payload;
-use super::{ratelimit, session, Shared};
+use super::{ratelimit, session, Destination, Shared};
 
 /// Longest API message kept in a refusal or a log line, in characters.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -35,7 +34,7 @@ pub(super) enum Answer {
 
 pub(super) async fn post(
     shared: &Shared,
-    target: &Target,
+    target: &Destination,
     body: &Payload,
     token: &str,
     ticket: u64,
@@ -49,7 +48,7 @@ pub(super) async fn post(
 
 async fn post_once(
     shared: &Shared,
-    target: &Target,
+    target: &Destination,
     body: &Payload,
     token: &str,
     ticket: u64,
@@ -95,7 +94,7 @@ async fn post_once(
 
 fn classify(
     shared: &Shared,
-    target: &Target,
+    target: &Destination,
     status: StatusCode,
     retry_after: Option<Duration>,
     message: String,

@@ -26,9 +26,11 @@ pub mod purposes;
 mod ratelimit;
 mod request;
 mod session;
+mod share;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -36,9 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::answer::{api_message, describe_error, retry_after};
 pub use self::delivery::HttpDelivery;
-use self::delivery::Target;
 use self::gate::Gate;
+use self::request::{deliver_request, Request};
 use self::session::{TokenError, TokenSource};
+use self::share::{Origin, Share};
 use super::{DeliveryTarget, SinkError};
 use crate::config::{Credentials, HttpSinkSettings, Import};
 use crate::metrics::Metrics;
@@ -46,18 +49,49 @@ use crate::metrics::Metrics;
 const USER_AGENT: &str = concat!("consent-drop/", env!("CARGO_PKG_VERSION"));
 
 /// The consents API as a destination. Clones share one HTTP client, one
-/// concurrency limit, one session and one pause state.
+/// concurrency limit, one session, one pause state, and the queue of each
+/// destination.
 #[derive(Clone)]
 pub struct HttpSink {
     shared: Arc<Shared>,
+    shares: Arc<Mutex<Shares>>,
+}
+
+/// One queue a destination: (organization, `$disable_integrations`).
+type Shares = HashMap<(String, bool), Arc<Share>>;
+
+/// A file on its way to a destination's queue; see [`super::Sink::coming`].
+pub struct Coming {
+    share: Arc<Share>,
+}
+
+impl fmt::Debug for Coming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coming")
+            .field("url", &self.share.url)
+            .finish()
+    }
+}
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.share.stop_producing();
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+struct Destination {
+    url: reqwest::Url,
+    organization: String,
 }
 
 struct Shared {
     settings: HttpSinkSettings,
     client: reqwest::Client,
     shutdown: CancellationToken,
-    /// Requests in flight, all deliveries together.
-    permits: Semaphore,
+    /// Requests in flight, all destinations together.
+    permits: Arc<Semaphore>,
     gate: Gate,
     tokens: TokenSource,
     /// `api key k`, `token file …`, `token env …`: what the API may refuse.
@@ -99,7 +133,7 @@ impl HttpSink {
         let tokens = TokenSource::new(settings.credentials.clone(), &settings.base_url);
         Ok(HttpSink {
             shared: Arc::new(Shared {
-                permits: Semaphore::new(settings.concurrency.max(1)),
+                permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
                 settings,
                 client,
                 shutdown,
@@ -108,30 +142,93 @@ impl HttpSink {
                 who,
                 metrics,
             }),
+            shares: Arc::default(),
         })
     }
 
     /// Starts the delivery of one occurrence, to the target's organization
-    /// (or the sink's).
+    /// (or the sink's). Deliveries to the same organization with the same
+    /// `$disable_integrations` share requests.
     pub fn open(&self, target: &DeliveryTarget) -> Result<HttpDelivery, SinkError> {
-        let settings = &self.shared.settings;
         let organization = target
             .organization_id
-            .clone()
-            .unwrap_or_else(|| settings.organization_id.clone());
-        let mut url = events_url(&settings.base_url, &organization)?;
-        if target.disable_integrations {
+            .as_deref()
+            .unwrap_or(&self.shared.settings.organization_id);
+        let share = self.share_of(organization, target.disable_integrations)?;
+        let origin = Origin {
+            import: target.import.clone(),
+            occurrence: target.occurrence_id.clone(),
+            cancel: self.shared.shutdown.child_token(),
+        };
+        let window = 2 * self.shared.settings.concurrency.max(1);
+        Ok(HttpDelivery::new(share, origin, window))
+    }
+
+    /// A file will soon be delivered: see [`super::Sink::coming`].
+    /// None: the organization makes no URL (its delivery will say so).
+    pub fn coming(
+        &self,
+        organization_id: Option<&str>,
+        disable_integrations: bool,
+    ) -> Option<Coming> {
+        let organization = organization_id.unwrap_or(&self.shared.settings.organization_id);
+        let share = self.share_of(organization, disable_integrations).ok()?;
+        share.start_producing();
+        Some(Coming { share })
+    }
+
+    /// The queue of a destination, made at its first use.
+    fn share_of(
+        &self,
+        organization: &str,
+        disable_integrations: bool,
+    ) -> Result<Arc<Share>, SinkError> {
+        let key = (organization.to_string(), disable_integrations);
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(share) = shares.get(&key) {
+            return Ok(share.clone());
+        }
+        let share = self.share(organization, disable_integrations)?;
+        shares.insert(key, share.clone());
+        Ok(share)
+    }
+
+    /// The queue of one destination, whose requests go out on tasks of their own.
+    fn share(
+        &self,
+        organization: &str,
+        disable_integrations: bool,
+    ) -> Result<Arc<Share>, SinkError> {
+        let settings = &self.shared.settings;
+        let mut url = events_url(&settings.base_url, organization)?;
+        if disable_integrations {
             let query = format!("{}&$disable_integrations=true", url.query().unwrap_or(""));
             url.set_query(Some(&query));
         }
-        Ok(HttpDelivery::new(
-            self.shared.clone(),
-            Target {
-                url,
-                organization,
-                import: target.import.clone(),
-                occurrence: target.occurrence_id.clone(),
-            },
+        let destination = Arc::new(Destination {
+            url,
+            organization: organization.to_string(),
+        });
+        let url = destination.url.to_string();
+        let shared = self.shared.clone();
+        let post = Arc::new(move |parts, permit| {
+            let request = Request::new(parts);
+            tokio::spawn(deliver_request(
+                shared.clone(),
+                destination.clone(),
+                request,
+                permit,
+            ));
+        });
+        Ok(Share::new(
+            settings.batch_size,
+            self.shared.permits.clone(),
+            self.shared.shutdown.clone(),
+            url,
+            post,
         ))
     }
 
@@ -348,7 +445,7 @@ mod tests {
         };
         let delivery = sink.open(&target).expect("delivery");
         assert_eq!(
-            delivery.target.url.as_str(),
+            delivery.url(),
             "https://api.test/v1/consents/events?organization_id=my%20org%2F%C3%A9&$disable_integrations=true"
         );
     }

@@ -1,7 +1,9 @@
-//! One batch to the API until every event is accepted or refused: the
-//! retries and their back-off, 429 slow-downs, the pause on refused
+//! One request to the API until every event in it is accepted or refused:
+//! the retries and their back-off, 429 slow-downs, the pause on refused
 //! credentials, one new session on a 401, and the bisection of a 400/422
-//! batch down to the refused events.
+//! request down to the refused events. A request holds the parts of one or
+//! more slices ([`super::share`]); each refused event is mapped back to its
+//! slice, so each file's ack holds exactly its own refused lines.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,15 +12,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{post, Answer};
-use super::delivery::Target;
 use super::gate::Turn;
 use super::session::TokenError;
-use super::Shared;
+use super::share::{Origin, Part};
+use super::{Destination, Shared};
 use crate::config::{Credentials, HttpSinkSettings};
-use crate::sink::{Ack, Batch, Refusal, SinkError};
+use crate::sink::{Refusal, SinkError};
 
 /// What the API made of a group of events.
 enum Outcome {
@@ -27,62 +30,195 @@ enum Outcome {
     Refused(String),
 }
 
-/// Delivers one batch: the whole, or its halves until every refused event
-/// is isolated.
-pub(super) async fn deliver_batch(
+/// The events of one request: the parts of slices, back to back.
+pub(super) struct Request {
+    parts: Vec<Part>,
+    /// The request's index of each part's first event.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl Request {
+    pub fn new(parts: Vec<Part>) -> Request {
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut len = 0;
+        for part in &parts {
+            starts.push(len);
+            len += part.end - part.start;
+        }
+        Request { parts, starts, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The part that holds event `index`, and the event's index in its batch.
+    fn locate(&self, index: usize) -> (usize, usize) {
+        let part = self.starts.partition_point(|&start| start <= index) - 1;
+        (part, self.parts[part].start + index - self.starts[part])
+    }
+
+    fn event(&self, index: usize) -> &[u8] {
+        let (part, at) = self.locate(index);
+        self.parts[part].slice.batch.event(at)
+    }
+
+    /// `[` + events `start..end` joined by `,` + `]`.
+    fn body(&self, start: usize, end: usize) -> Vec<u8> {
+        let size: usize = (start..end).map(|i| self.event(i).len() + 1).sum();
+        let mut body = Vec::with_capacity(size + 2);
+        body.push(b'[');
+        for index in start..end {
+            if index > start {
+                body.push(b',');
+            }
+            body.extend_from_slice(self.event(index));
+        }
+        body.push(b']');
+        body
+    }
+
+    /// `batch 3` for a whole batch alone, else what the request holds; and
+    /// the import and occurrence of its first event, for the log fields.
+    fn describe(&self, start: usize, end: usize) -> (String, &str, &str) {
+        let (first, _) = self.locate(start);
+        let slice = &self.parts[first].slice;
+        let (import, occurrence) = (
+            slice.origin.import.as_str(),
+            slice.origin.occurrence.as_str(),
+        );
+        let whole = self.parts.len() == 1 && self.len == slice.batch.len();
+        let mut text = if whole {
+            format!("batch {}", slice.batch.seq)
+        } else {
+            let files = self
+                .parts
+                .iter()
+                .enumerate()
+                .filter(|(i, part)| {
+                    *i == 0 || !Arc::ptr_eq(&part.slice.origin, &self.parts[i - 1].slice.origin)
+                })
+                .count();
+            format!(
+                "a request of {} events ({} slice(s) of {files} file(s), from batch {} of occurrence {occurrence})",
+                self.len,
+                self.parts.len(),
+                slice.batch.seq
+            )
+        };
+        if start != 0 || end != self.len {
+            text.push_str(&format!(" (events {start}..{end})"));
+        }
+        (text, import, occurrence)
+    }
+
+    /// The API has answered every event: each slice hears of its part.
+    fn delivered(self, refused: Vec<(usize, String)>) {
+        let mut per_part: Vec<Vec<Refusal>> = self.parts.iter().map(|_| Vec::new()).collect();
+        for (index, message) in refused {
+            let (part, at) = self.locate(index);
+            let line = self.parts[part].slice.batch.events[at].line;
+            per_part[part].push(Refusal { line, message });
+        }
+        for (part, refused) in self.parts.iter().zip(per_part) {
+            part.slice.part_delivered(refused);
+        }
+    }
+
+    /// Shutdown, or every delivery in it stopped: no slice is acknowledged.
+    fn interrupted(self) {
+        for part in &self.parts {
+            part.slice.fail(SinkError::Interrupted);
+        }
+    }
+
+    /// Cancelled once every delivery with a part in this request has
+    /// stopped (all of them at shutdown): nobody waits for it any more.
+    fn abandoned(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut origins: Vec<Arc<Origin>> = Vec::new();
+        for part in &self.parts {
+            if !origins
+                .iter()
+                .any(|known| Arc::ptr_eq(known, &part.slice.origin))
+            {
+                origins.push(part.slice.origin.clone());
+            }
+        }
+        let watch = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch.cancelled() => {}
+                () = async {
+                    for origin in &origins {
+                        origin.cancel.cancelled().await;
+                    }
+                } => watch.cancel(),
+            }
+        });
+        token
+    }
+}
+
+/// Delivers one request: the whole, or its halves until every refused
+/// event is isolated; then answers each slice for its part. `permit` is
+/// the concurrency slot of the first attempt.
+pub(super) async fn deliver_request(
     shared: Arc<Shared>,
-    target: Arc<Target>,
-    batch: Batch,
-    cancel: CancellationToken,
-) -> Result<Ack, SinkError> {
+    destination: Arc<Destination>,
+    request: Request,
+    permit: OwnedSemaphorePermit,
+) {
+    let cancel = request.abandoned();
+    // The watcher ends with the request.
+    let _stop_watching = cancel.clone().drop_guard();
+    let mut permit = Some(permit);
     let mut refused = Vec::new();
-    let mut groups = vec![(0, batch.len())];
+    let mut groups = vec![(0, request.len())];
     while let Some((start, end)) = groups.pop() {
-        match deliver_group(&shared, &target, &batch, start, end, &cancel).await? {
-            Outcome::Delivered => {}
-            Outcome::Refused(message) if end - start == 1 => {
-                let line = batch.events[start].line;
+        let group = Group {
+            destination: &destination,
+            request: &request,
+            start,
+            end,
+        };
+        match deliver_group(&shared, &group, &mut permit, &cancel).await {
+            Err(_) => return request.interrupted(),
+            Ok(Outcome::Delivered) => {}
+            Ok(Outcome::Refused(message)) if end - start == 1 => {
+                let (part, at) = request.locate(start);
+                let slice = &request.parts[part].slice;
+                let line = slice.batch.events[at].line;
                 tracing::warn!(
-                    import = %target.import,
-                    occurrence = %target.occurrence,
-                    seq = batch.seq,
+                    import = %slice.origin.import,
+                    occurrence = %slice.origin.occurrence,
+                    seq = slice.batch.seq,
                     line,
                     "the API refused the event of line {line}: {message}"
                 );
-                refused.push(Refusal { line, message });
+                refused.push((start, message));
             }
-            Outcome::Refused(message) => {
+            Ok(Outcome::Refused(message)) => {
                 let middle = start + (end - start) / 2;
+                let (what, _, _) = request.describe(start, end);
                 tracing::debug!(
-                    seq = batch.seq,
-                    "batch {}: events {start}..{end} refused ({message}); splitting to isolate the refused ones",
-                    batch.seq
+                    "{what}: refused ({message}); splitting to isolate the refused events"
                 );
                 groups.push((middle, end));
                 groups.push((start, middle));
             }
         }
     }
-    Ok(Ack {
-        seq: batch.seq,
-        cursor: 0,
-        refused,
-    })
+    request.delivered(refused);
 }
 
-/// `[` + events `start..end` joined by `,` + `]`.
-fn request_body(batch: &Batch, start: usize, end: usize) -> Vec<u8> {
-    let size: usize = (start..end).map(|i| batch.event(i).len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 2);
-    body.push(b'[');
-    for index in start..end {
-        if index > start {
-            body.push(b',');
-        }
-        body.extend_from_slice(batch.event(index));
-    }
-    body.push(b']');
-    body
+/// Events `start..end` of a request, to one destination.
+struct Group<'a> {
+    destination: &'a Destination,
+    request: &'a Request,
+    start: usize,
+    end: usize,
 }
 
 /// A request body as it goes on the wire.
@@ -136,34 +272,31 @@ enum Step {
     },
 }
 
-/// Sends events `start..end` until the API accepts or refuses them.
+/// Sends a group of events until the API accepts or refuses them; the
+/// first attempt takes `permit` when there is one.
 async fn deliver_group(
     shared: &Shared,
-    target: &Target,
-    batch: &Batch,
-    start: usize,
-    end: usize,
+    group: &Group<'_>,
+    permit: &mut Option<OwnedSemaphorePermit>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, SinkError> {
-    let body = payload(request_body(batch, start, end), shared.settings.gzip);
-    let part = if start == 0 && end == batch.len() {
-        String::new()
-    } else {
-        format!(" (events {start}..{end})")
-    };
+    let body = payload(
+        group.request.body(group.start, group.end),
+        shared.settings.gzip,
+    );
+    let (what, import, occurrence) = group.request.describe(group.start, group.end);
     let mut failures: u32 = 0;
     let mut auth_retried = false;
     loop {
-        match attempt(shared, target, &body, auth_retried, cancel).await? {
+        let slot = permit.take();
+        match attempt(shared, group.destination, &body, slot, auth_retried, cancel).await? {
             Step::Done(outcome) => return Ok(outcome),
             Step::RenewSession => {
                 auth_retried = true;
                 tracing::warn!(
-                    import = %target.import,
-                    occurrence = %target.occurrence,
-                    seq = batch.seq,
-                    "batch {}{part}: the API answered 401; opening a new session and retrying once",
-                    batch.seq
+                    import,
+                    occurrence,
+                    "{what}: the API answered 401; opening a new session and retrying once"
                 );
             }
             Step::Paused => auth_retried = false,
@@ -180,7 +313,7 @@ async fn deliver_group(
                     None => backoff(&shared.settings, failures),
                 };
                 shared.metrics.batches_retried.inc();
-                log_retry(target, batch.seq, &part, failures, &reason, delay);
+                log_retry((&what, import, occurrence), failures, &reason, delay);
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(SinkError::Interrupted),
                     _ = tokio::time::sleep(delay) => {}
@@ -195,19 +328,23 @@ async fn deliver_group(
                 // The gate makes every request of the sink wait, this one too.
                 shared.gate.slow_down(tokio::time::Instant::now() + delay);
                 shared.metrics.batches_retried.inc();
-                log_retry(target, batch.seq, &part, failures, &reason, delay);
+                log_retry((&what, import, occurrence), failures, &reason, delay);
             }
         }
     }
 }
 
-fn log_retry(target: &Target, seq: u64, part: &str, attempt: u32, reason: &str, delay: Duration) {
+fn log_retry(
+    (what, import, occurrence): (&str, &str, &str),
+    attempt: u32,
+    reason: &str,
+    delay: Duration,
+) {
     tracing::warn!(
-        import = %target.import,
-        occurrence = %target.occurrence,
-        seq,
+        import,
+        occurrence,
         attempt,
-        "batch {seq}{part}: {reason}; attempt {attempt} failed, retrying in {} ms",
+        "{what}: {reason}; attempt {attempt} failed, retrying in {} ms",
         delay.as_millis()
     );
 }
@@ -215,14 +352,15 @@ fn log_retry(target: &Target, seq: u64, part: &str, attempt: u32, reason: &str, 
 /// One request: a permit, a turn at the gate, a token, the POST, its answer.
 async fn attempt(
     shared: &Shared,
-    target: &Target,
+    destination: &Destination,
     body: &Payload,
+    permit: Option<OwnedSemaphorePermit>,
     auth_retried: bool,
     cancel: &CancellationToken,
 ) -> Result<Step, SinkError> {
-    let _permit = tokio::select! {
-        _ = cancel.cancelled() => return Err(SinkError::Interrupted),
-        permit = shared.permits.acquire() => permit.map_err(|_| SinkError::Interrupted)?,
+    let _permit = match permit {
+        Some(permit) => permit,
+        None => slot(shared, cancel).await?,
     };
     let turn = shared.gate.turn(cancel).await?;
     let bearer = tokio::select! {
@@ -247,7 +385,14 @@ async fn attempt(
     };
     // From here on the request is on the wire: it completes (within the
     // client's timeout) even if shutdown comes meanwhile.
-    let answer = post(shared, target, body, bearer.token.expose(), turn.ticket()).await;
+    let answer = post(
+        shared,
+        destination,
+        body,
+        bearer.token.expose(),
+        turn.ticket(),
+    )
+    .await;
     Ok(match answer {
         Answer::Delivered => {
             turn.accepted();
@@ -281,6 +426,19 @@ async fn attempt(
         }
         Answer::Fault { problem, fix } => pause(shared, turn, &problem, &fix),
     })
+}
+
+/// A concurrency slot of the sink, for one attempt.
+async fn slot(
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> Result<OwnedSemaphorePermit, SinkError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(SinkError::Interrupted),
+        permit = shared.permits.clone().acquire_owned() => {
+            permit.map_err(|_| SinkError::Interrupted)
+        }
+    }
 }
 
 /// Refused credentials or configuration: the gate pauses submission (or
@@ -336,6 +494,7 @@ fn jitter() -> f64 {
 mod tests {
     use super::*;
     use crate::config::SecretSource;
+    use crate::sink::Batch;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -372,19 +531,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_body_is_a_json_array_of_the_events() {
-        let mut batch = Batch::new(0);
-        for (line, id) in [(2, 1), (3, 2), (4, 3)] {
+    fn batch(seq: u64, ids: &[(u64, u64)]) -> Batch {
+        let mut batch = Batch::new(seq);
+        for &(line, id) in ids {
             batch.push_with(line, |buf| {
                 buf.extend_from_slice(format!("{{\"id\":{id}}}").as_bytes())
             });
         }
+        batch
+    }
+
+    fn origin(name: &str) -> Arc<Origin> {
+        Arc::new(Origin {
+            import: "news".into(),
+            occurrence: name.into(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    #[test]
+    fn the_body_is_a_json_array_of_the_events_of_every_part() {
+        let (a, _) = Part::alone(origin("a"), batch(0, &[(2, 1), (3, 2), (4, 3)]), 1, 3);
+        let (b, _) = Part::alone(origin("b"), batch(0, &[(2, 4), (3, 5)]), 0, 2);
+        let request = Request::new(vec![a, b]);
+        assert_eq!(request.len(), 4);
         assert_eq!(
-            request_body(&batch, 0, 3),
-            br#"[{"id":1},{"id":2},{"id":3}]"#
+            request.body(0, 4),
+            br#"[{"id":2},{"id":3},{"id":4},{"id":5}]"#
         );
-        assert_eq!(request_body(&batch, 1, 2), br#"[{"id":2}]"#);
+        assert_eq!(request.body(1, 3), br#"[{"id":3},{"id":4}]"#);
+        assert_eq!(request.body(3, 4), br#"[{"id":5}]"#);
+    }
+
+    #[test]
+    fn each_refused_event_goes_to_its_own_slice_with_its_line() {
+        let (a, mut of_a) = Part::alone(origin("a"), batch(0, &[(2, 1), (3, 2), (4, 3)]), 0, 3);
+        let (b, mut of_b) = Part::alone(origin("b"), batch(0, &[(7, 4), (8, 5)]), 0, 2);
+        let request = Request::new(vec![a, b]);
+        // Events 1 and 4 of the request: line 3 of a, line 8 of b.
+        request.delivered(vec![(4, "bad b".into()), (1, "bad a".into())]);
+        let a = of_a.try_recv().expect("answered").expect("acked");
+        let b = of_b.try_recv().expect("answered").expect("acked");
+        assert_eq!(
+            a.refused,
+            [Refusal {
+                line: 3,
+                message: "bad a".into()
+            }]
+        );
+        assert_eq!(
+            b.refused,
+            [Refusal {
+                line: 8,
+                message: "bad b".into()
+            }]
+        );
     }
 
     #[test]
