@@ -155,6 +155,113 @@ fn refused_events_become_rejected_rows_and_the_rest_is_delivered() {
     daemon.stop_cleanly();
 }
 
+/// `rows` rows of a proof file whose contacts at `refused` (indexes) the API refuses.
+fn with_refused(prefix: &str, rows: usize, refused: &[usize]) -> String {
+    let mut content = proof_rows(prefix, rows);
+    for i in refused {
+        content = content.replace(
+            &format!("\n{prefix}{i}@example.com"),
+            &format!("\n{prefix}{i}+refuse@example.com"),
+        );
+    }
+    content
+}
+
+/// `(line, original line)` of each row of a rejects file.
+fn rejected_lines(report: &serde_json::Value) -> Vec<(u64, String)> {
+    let path = report["rejects_file"].as_str().expect("a rejects file");
+    let text = std::fs::read_to_string(path).expect("read rejects");
+    csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .map(|record| {
+            let record = record.expect("rejects CSV");
+            assert!(record[1].contains("refused by the API (422"), "{record:?}");
+            (
+                record[0].parse().expect("line number"),
+                record[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_shared_request_refused_for_two_files_puts_each_refusal_in_its_own_rejects() {
+    let api = BackgroundApi::start(ServerOptions::default());
+    let root = tempfile::tempdir().expect("tmp");
+    let site = Site::with_sink(
+        IMPORT,
+        &http_sink(
+            &api.server.base_url(),
+            &api_key_credentials(root.path(), "test-secret"),
+            "concurrency = 1",
+        ),
+    );
+    // The only request slot is taken by a first file, held at the API,
+    // while the two files come: their events then go in one request.
+    api.server.hold(true);
+    let daemon = site.start();
+    site.drop_file("pr-first.csv", proof_rows("first", 1).as_bytes());
+    assert!(
+        wait_until(LONG, || api.server.in_flight() == 1),
+        "log:\n{}",
+        site.log()
+    );
+    site.drop_file("pr-a.csv", with_refused("a", 20, &[3, 10]).as_bytes());
+    site.drop_file("pr-b.csv", with_refused("b", 20, &[7]).as_bytes());
+    assert!(
+        wait_until(LONG, || site
+            .status(10)
+            .iter()
+            .filter(|o| o["status"] == "delivering" && o["file_name"] != "pr-first.csv")
+            .count()
+            == 2),
+        "log:\n{}",
+        site.log()
+    );
+    api.server.hold(false);
+    assert!(
+        wait_until(LONG, || site.reports("archive").len() == 3),
+        "log:\n{}",
+        site.log()
+    );
+    daemon.stop_cleanly();
+
+    let shared = api.server.request_sources().into_iter().any(|sources| {
+        sources.iter().any(|s| s == "pr-a.csv") && sources.iter().any(|s| s == "pr-b.csv")
+    });
+    assert!(
+        shared,
+        "a request held events of both files: {:?}",
+        api.server.request_sources()
+    );
+    assert_eq!(api.server.event_count(), 1 + 40 - 3);
+    assert_eq!(api.server.duplicates(), 0);
+    let reports = site.reports("archive");
+    // Rows are lines 2..: row i is line i + 2.
+    for (file, prefix, lines) in [("pr-a.csv", "a", vec![5, 12]), ("pr-b.csv", "b", vec![9])] {
+        let report = reports
+            .iter()
+            .find(|r| r["file_name"] == file)
+            .unwrap_or_else(|| panic!("no report for {file}: {reports:?}"));
+        assert_eq!(report["rows_refused"], lines.len() as u64, "{report}");
+        assert_eq!(
+            report["rows_delivered"],
+            20 - lines.len() as u64,
+            "{report}"
+        );
+        let rejected = rejected_lines(report);
+        let numbers: Vec<u64> = rejected.iter().map(|(line, _)| *line).collect();
+        assert_eq!(numbers, lines, "{file}: exactly its own refused lines");
+        for (line, original) in &rejected {
+            let row = line - 2;
+            assert!(
+                original.starts_with(&format!("{prefix}{row}+refuse@example.com;")),
+                "{file} line {line}: {original}"
+            );
+        }
+    }
+}
+
 #[test]
 fn wrong_secret_waits_then_sighup_with_the_fixed_secret_delivers() {
     let api = BackgroundApi::start(ServerOptions::default());

@@ -11,6 +11,7 @@
 //! | `CRASH_ROUNDS` | 3 | 20 |
 //! | `CRASH_ROWS` | 10000 | 200000 |
 //! | `CRASH_SEED` | 0xC0FFEE | any |
+//! | `CRASH_STORM_FILES` | 300 | 3000 |
 //! | `CHAOS_ROWS` | 10000 | 100000 |
 //! | `FULLDISK_ROWS` | 20000 | 100000 |
 //!
@@ -217,6 +218,120 @@ fn crash_loop_kill_9_at_random_moments_delivers_every_event_once() {
         })
         .collect();
     assert_eq!(lines.len(), total, "every proof line once");
+}
+
+/// Rows the journal records as acknowledged, all occurrences together (a
+/// file's last batch may be short).
+fn recorded_rows(site: &Site) -> u64 {
+    site.status(1_000_000)
+        .iter()
+        .map(|o| {
+            let acked =
+                o["batches_acked"].as_u64().unwrap_or(0) * o["batch_size"].as_u64().unwrap_or(100);
+            acked.min(o["rows_accepted"].as_u64().unwrap_or(u64::MAX))
+        })
+        .sum()
+}
+
+/// `kill -9` at random moments while a storm of small files goes to the
+/// test API, whose requests they share; at the end every event is at the
+/// API exactly once, and only what was at the API but not recorded at a
+/// kill was sent again.
+#[test]
+#[ignore = "long: CRASH_ROUNDS, CRASH_STORM_FILES, CRASH_SEED"]
+fn crash_loop_kill_9_in_a_storm_to_the_api_resends_only_unacknowledged_batches() {
+    let rounds = env_number("CRASH_ROUNDS", 3);
+    let files = env_number("CRASH_STORM_FILES", 300) as usize;
+    let seed = env_number("CRASH_SEED", 0xC0FFEE);
+    let rows = 20;
+    let concurrency = 4;
+    let in_flight = 64; // the default max_files_in_flight
+    let api = BackgroundApi::start(ServerOptions::default());
+    let site = http_site(&api.server, concurrency);
+    // Slow answers stretch the storm over the rounds.
+    api.server.set_delay(Duration::from_millis(20));
+    let max_pause = env_number("CRASH_MAX_PAUSE_MS", 1_500);
+    let mut rng = XorShift::new(seed);
+    eprintln!("storm crash loop: {rounds} rounds, {files} files of {rows} rows, seed {seed:#x}");
+    let staging = site.path("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    for index in 0..files {
+        let text = proof_rows(&format!("c{index}x"), rows);
+        std::fs::write(staging.join(format!("pr-storm-{index:05}.csv")), text).expect("write");
+    }
+    let mut unrecorded = 0u64;
+    for round in 1..=rounds {
+        let mut daemon = site.start();
+        if round == 1 {
+            for index in 0..files {
+                let name = format!("pr-storm-{index:05}.csv");
+                std::fs::rename(staging.join(&name), site.drop.join(&name)).expect("rename in");
+            }
+        }
+        let pause = rng.between(50, max_pause.max(50));
+        std::thread::sleep(Duration::from_millis(pause));
+        daemon.kill9();
+        assert!(
+            wait_until(LONG, || api.server.in_flight() == 0),
+            "the server finishes the requests of the killed daemon"
+        );
+        let at_server = api.server.event_count() as u64;
+        let recorded = recorded_rows(&site);
+        assert!(
+            recorded <= at_server,
+            "the journal records {recorded} rows acknowledged, the API has only {at_server}"
+        );
+        let this_kill = at_server - recorded;
+        eprintln!(
+            "round {round:>3}: kill -9 after {pause:>4} ms: {at_server:>7} events at the API, {recorded:>7} recorded, {} archived, duplicates so far {}",
+            archived(&site),
+            api.server.duplicates()
+        );
+        assert!(
+            this_kill <= ((concurrency + in_flight) * 100) as u64,
+            "{this_kill} events at the API but not recorded at one kill"
+        );
+        unrecorded += this_kill;
+    }
+    api.server.set_delay(Duration::ZERO);
+    let mut daemon = site.start();
+    assert!(
+        wait_until(scaled_timeout((files * rows) as u64), || archived(&site)
+            == files
+            && site.files_under("processing").is_empty()),
+        "every file archived after the last restart; log:\n{}",
+        site.log()
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let total = files * rows;
+    let duplicates = api.server.duplicates();
+    eprintln!(
+        "storm crash loop done: {rounds} kills, {} events, {duplicates} duplicates absorbed by the API, {unrecorded} unrecorded at the kills, {} requests",
+        api.server.event_count(),
+        api.server.requests()
+    );
+    assert!(
+        duplicates <= unrecorded,
+        "only what was at the API but not recorded at a kill is sent again: {duplicates} duplicates, {unrecorded} unrecorded"
+    );
+    assert_eq!(
+        api.server.event_count(),
+        total,
+        "every event at the API once"
+    );
+    assert_eq!(api.server.event_ids().len(), total, "by id");
+    assert!(site.files_under("failed").is_empty(), "nothing failed");
+    assert_journal_intact(&site);
+    let journal = site.status(1_000_000);
+    assert_eq!(journal.len(), files, "one occurrence a file");
+    assert!(
+        journal.iter().all(|o| o["status"] == "archived"
+            && o["batches_acked"] == o["batches_total"]
+            && o["rows_accepted"] == rows as u64),
+        "every file archived with every batch acknowledged"
+    );
 }
 
 // ---------------------------------------------------------------- API chaos

@@ -21,8 +21,9 @@
 //!
 //! Faults are switched on by the test: 503s at a deterministic ratio, bursts
 //! of 429 with `Retry-After`, slow answers, dropped connections, revoked
-//! tokens, 403 for everything, changed credentials. Events whose
-//! `user.organization_user_id` contains `+refuse` are refused with 422.
+//! tokens, 403 for everything, changed credentials, requests held until
+//! released. Events whose `user.organization_user_id` contains `+refuse`
+//! are refused with 422.
 //!
 //! Included with `#[path = "support/api_server.rs"] mod api_server;` by the
 //! integration tests and by `examples/test_server.rs`.
@@ -117,6 +118,8 @@ impl BackgroundApi {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// While true, events requests wait before they are answered.
+    hold: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -164,6 +167,9 @@ struct Inner {
     raw_ratelimit: Option<String>,
     /// Requests answered 429 because the rate-limit window was exceeded.
     rate_limited: u64,
+    /// The `metadata.source_file` of each event of every valid events
+    /// request, accepted or refused, in arrival order.
+    request_sources: Vec<Vec<String>>,
 }
 
 /// A fixed rate-limit window: `limit` requests per `length`, starting at
@@ -230,6 +236,7 @@ impl ApiServer {
         };
         let state = Arc::new(Shared {
             inner: Mutex::new(inner),
+            hold: tokio::sync::watch::Sender::new(false),
         });
         let app = Router::new()
             .route("/sessions", post(open_session))
@@ -425,6 +432,18 @@ impl ApiServer {
     }
 
     /// Polls until `count` distinct events are stored; false on timeout.
+    /// The source file of each event of every valid events request
+    /// (accepted or refused), in arrival order.
+    pub fn request_sources(&self) -> Vec<Vec<String>> {
+        self.state.lock().request_sources.clone()
+    }
+
+    /// While `hold` is true, events requests are held (counted in
+    /// [`ApiServer::in_flight`]) and answered once it is set false again.
+    pub fn hold(&self, hold: bool) {
+        self.state.hold.send_replace(hold);
+    }
+
     pub async fn wait_for_events(&self, count: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.event_count() >= count).await
     }
@@ -675,6 +694,12 @@ async fn handle_events(
     body: Bytes,
 ) -> Response {
     let query = query.unwrap_or_default();
+    let mut hold = state.hold.subscribe();
+    while *hold.borrow_and_update() {
+        if hold.changed().await.is_err() {
+            break;
+        }
+    }
     let delay = {
         let mut inner = state.lock();
         inner.requests += 1;
@@ -754,6 +779,16 @@ async fn handle_events(
         Ok(events) => events,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let sources = events
+        .iter()
+        .map(|event| {
+            let source = event
+                .pointer("/metadata/source_file")
+                .and_then(Value::as_str);
+            source.unwrap_or_default().to_string()
+        })
+        .collect();
+    state.lock().request_sources.push(sources);
     let refused: Vec<String> = events
         .iter()
         .enumerate()
