@@ -45,6 +45,8 @@ echo "== tests/powercut.rs (ignored tests: FUSE power cuts)"
 cargo test "${profile[@]}" --test powercut -- --ignored --test-threads 1 --nocapture --skip without_
 echo "== tests/hostile.rs at scale"
 cargo test "${profile[@]}" --test hostile hostile_files_at_scale -- --ignored --nocapture
+echo "== tests/hostile_drops.rs at scale (gzip bomb, unclosed quote)"
+cargo test "${profile[@]}" --test hostile_drops hostile_drops_at_scale -- --ignored --nocapture
 echo "== fuzzing (${FUZZ_CASES} cases each)"
 cargo test "${profile[@]}" --test hostile fuzz_
 echo "== tests/powercut.rs with a deliberate fault: the crash test must catch a missing fsync"

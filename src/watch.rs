@@ -8,7 +8,7 @@
 //! top level of the folder is watched. This module never opens a proof file
 //! and never moves one: it only names candidates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -126,6 +126,22 @@ struct Candidate {
     mtime: (i64, i64),
     still_since: Instant,
     writer: Writer,
+    /// Its place in [`Readiness::rounds`] (a name seen again after it was
+    /// forgotten gets a new one; the old place is skipped).
+    turn: u64,
+}
+
+/// How many candidates one call of [`Readiness::ready`] looks at: a stat
+/// each (and a path resolution for scanned files), so that a backlog of
+/// 100,000 files is looked through over many ticks, never in one that
+/// would stall the loop and its watchdog pings.
+const LOOKS_PER_CALL: usize = 2048;
+
+/// What one look at a candidate found.
+enum Look {
+    Gone,
+    Waiting,
+    Ready,
 }
 
 /// What the events told about a file's writer.
@@ -146,6 +162,9 @@ pub struct Readiness {
     dir: PathBuf,
     settle: Duration,
     candidates: HashMap<String, Candidate>,
+    /// The candidates in the order they are looked at, round after round.
+    rounds: VecDeque<(String, u64)>,
+    next_turn: u64,
     /// Names already handed out or left in place on purpose, with the state
     /// they had: reconsidered only if they change.
     parked: HashMap<String, (u64, (i64, i64))>,
@@ -158,6 +177,8 @@ impl Readiness {
             dir: dir.to_path_buf(),
             settle,
             candidates: HashMap::new(),
+            rounds: VecDeque::new(),
+            next_turn: 0,
             parked: HashMap::new(),
             ignored: HashSet::new(),
         }
@@ -188,21 +209,34 @@ impl Readiness {
     }
 
     fn candidate(&mut self, name: String, now: Instant) -> &mut Candidate {
-        self.candidates.entry(name).or_insert(Candidate {
-            size: u64::MAX,
-            mtime: (0, 0),
-            still_since: now,
-            writer: Writer::Unknown,
-        })
+        match self.candidates.entry(name) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let turn = self.next_turn;
+                self.next_turn += 1;
+                self.rounds.push_back((entry.key().clone(), turn));
+                entry.insert(Candidate {
+                    size: u64::MAX,
+                    mtime: (0, 0),
+                    still_since: now,
+                    writer: Writer::Unknown,
+                    turn,
+                })
+            }
+        }
     }
 
     /// Lists the folder: files no event told us about become candidates.
     /// After lost events (`full`), what we believed about writers is dropped.
     pub fn scan(&mut self, now: Instant, full: bool) -> Result<(), WatchError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| WatchError::List {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let names = list_names(&self.dir)?;
+        self.merge_listing(names, now, full);
+        Ok(())
+    }
+
+    /// The second half of [`Readiness::scan`], for a listing made elsewhere
+    /// (the daemon lists on a blocking thread: 100,000 names take a while).
+    pub fn merge_listing(&mut self, names: Vec<std::ffi::OsString>, now: Instant, full: bool) {
         if full {
             for candidate in self.candidates.values_mut() {
                 if candidate.writer == Writer::Writing {
@@ -210,8 +244,8 @@ impl Readiness {
                 }
             }
         }
-        for entry in entries.flatten() {
-            let name = match entry.file_name().into_string() {
+        for name in names {
+            let name = match name.into_string() {
                 Ok(name) => name,
                 Err(raw) => {
                     let shown = raw.to_string_lossy().into_owned();
@@ -225,7 +259,7 @@ impl Readiness {
                 continue;
             }
             if let Some(&(size, mtime)) = self.parked.get(&name) {
-                match fs::symlink_metadata(entry.path()) {
+                match fs::symlink_metadata(self.dir.join(&name)) {
                     Ok(meta) if meta.size() == size && mtime_of(&meta) == mtime => continue,
                     _ => {
                         self.parked.remove(&name);
@@ -236,74 +270,99 @@ impl Readiness {
         }
         // Tests wait for these lines to know that the daemon had its chances.
         tracing::debug!(full, "drop folder scanned");
-        Ok(())
     }
 
-    /// Names that are ready now. `skip` says a name is never to be opened
+    /// Names that are ready now, among the next [`LOOKS_PER_CALL`]
+    /// candidates in turn. `skip` says a name is never to be opened
     /// (ignored patterns); those are dropped and remembered.
     pub fn ready(&mut self, now: Instant, skip: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut ready = Vec::new();
-        let mut gone = Vec::new();
-        // One walk of /proc for all the files that need it, not one each:
-        // a start-up scan may find 100,000 files.
-        let mut writing: Option<HashSet<PathBuf>> = None;
-        for (name, candidate) in self.candidates.iter_mut() {
-            if skip(name) {
-                gone.push(name.clone());
-                if self.ignored.insert(name.clone()) {
-                    tracing::debug!(file = %name, "ignored name: never opened");
-                }
-                continue;
-            }
-            let path = self.dir.join(name);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(_) => {
-                    gone.push(name.clone());
-                    continue;
-                }
+        // One walk of /proc for all the files that need it, not one each.
+        let mut writing: Option<HashSet<std::ffi::OsString>> = None;
+        let mut looks = self.candidates.len().min(LOOKS_PER_CALL);
+        while looks > 0 {
+            let Some((name, turn)) = self.rounds.pop_front() else {
+                break;
             };
-            if !meta.file_type().is_file() {
-                if self.ignored.insert(name.clone()) {
-                    tracing::warn!(file = %name, "not a regular file (link, folder, FIFO, socket or device): never opened");
-                }
-                gone.push(name.clone());
-                continue;
-            }
-            let mtime = mtime_of(&meta);
-            if meta.size() != candidate.size || mtime != candidate.mtime {
-                candidate.size = meta.size();
-                candidate.mtime = mtime;
-                candidate.still_since = now;
-                continue;
-            }
-            if now.duration_since(candidate.still_since) < self.settle {
-                continue;
-            }
-            // With no close seen, an empty file is someone's upload that has
-            // not written yet; a file with content and no writer in sight is
-            // complete (found by a scan, or created whole by a link).
-            let complete = match candidate.writer {
-                Writer::Done => true,
-                Writer::Writing => false,
-                Writer::Unknown => {
-                    meta.size() > 0
-                        && !fs::canonicalize(&path).is_ok_and(|target| {
-                            writing
-                                .get_or_insert_with(|| files_open_for_writing(&self.dir))
-                                .contains(&target)
-                        })
-                }
+            let Some(candidate) = self.candidates.get_mut(&name) else {
+                continue; // taken or gone since: its place lapses
             };
-            if complete {
-                ready.push(name.clone());
+            if candidate.turn != turn {
+                continue;
             }
-        }
-        for name in gone {
-            self.candidates.remove(&name);
+            looks -= 1;
+            match self.look(&name, now, skip, &mut writing) {
+                Look::Gone => {
+                    self.candidates.remove(&name);
+                }
+                Look::Ready => {
+                    ready.push(name.clone());
+                    self.rounds.push_back((name, turn));
+                }
+                Look::Waiting => self.rounds.push_back((name, turn)),
+            }
         }
         ready.sort();
         ready
+    }
+
+    /// One candidate's state now.
+    fn look(
+        &mut self,
+        name: &str,
+        now: Instant,
+        skip: &dyn Fn(&str) -> bool,
+        writing: &mut Option<HashSet<std::ffi::OsString>>,
+    ) -> Look {
+        if skip(name) {
+            if self.ignored.insert(name.to_string()) {
+                tracing::debug!(file = %name, "ignored name: never opened");
+            }
+            return Look::Gone;
+        }
+        let path = self.dir.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return Look::Gone;
+        };
+        if !meta.file_type().is_file() {
+            if self.ignored.insert(name.to_string()) {
+                tracing::warn!(file = %name, "not a regular file (link, folder, FIFO, socket or device): never opened");
+            }
+            return Look::Gone;
+        }
+        let Some(candidate) = self.candidates.get_mut(name) else {
+            return Look::Gone;
+        };
+        let mtime = mtime_of(&meta);
+        if meta.size() != candidate.size || mtime != candidate.mtime {
+            candidate.size = meta.size();
+            candidate.mtime = mtime;
+            candidate.still_since = now;
+            return Look::Waiting;
+        }
+        if now.duration_since(candidate.still_since) < self.settle {
+            return Look::Waiting;
+        }
+        // With no close seen, an empty file is someone's upload that has
+        // not written yet; a file with content and no writer in sight is
+        // complete (found by a scan, or created whole by a link).
+        let complete = match candidate.writer {
+            Writer::Done => true,
+            Writer::Writing => false,
+            Writer::Unknown => {
+                // A regular file (not a link) directly in the folder: its
+                // name is the name the open descriptors point to.
+                meta.size() > 0
+                    && !writing
+                        .get_or_insert_with(|| files_open_for_writing(&self.dir))
+                        .contains(std::ffi::OsStr::new(name))
+            }
+        };
+        if complete {
+            Look::Ready
+        } else {
+            Look::Waiting
+        }
     }
 
     /// The caller took the name (claimed it, or decided to leave it): forget
@@ -328,6 +387,15 @@ impl Readiness {
     }
 }
 
+/// The names in the drop folder (blocking: one `getdents` walk).
+pub fn list_names(dir: &Path) -> Result<Vec<std::ffi::OsString>, WatchError> {
+    let entries = fs::read_dir(dir).map_err(|source| WatchError::List {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(entries.flatten().map(|entry| entry.file_name()).collect())
+}
+
 fn mtime_of(meta: &fs::Metadata) -> (i64, i64) {
     (meta.mtime(), meta.mtime_nsec())
 }
@@ -339,15 +407,15 @@ pub fn held_open_for_writing(path: &Path) -> bool {
     let Ok(target) = fs::canonicalize(path) else {
         return false;
     };
-    let Some(dir) = target.parent() else {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return false;
     };
-    files_open_for_writing(dir).contains(&target)
+    files_open_for_writing(dir).contains(name)
 }
 
 /// The files in `dir` that a process we may inspect holds open for
 /// writing, in one walk of `/proc`.
-fn files_open_for_writing(dir: &Path) -> HashSet<PathBuf> {
+fn files_open_for_writing(dir: &Path) -> HashSet<std::ffi::OsString> {
     let mut found = HashSet::new();
     let Ok(dir) = fs::canonicalize(dir) else {
         return found;
@@ -367,7 +435,13 @@ fn files_open_for_writing(dir: &Path) -> HashSet<PathBuf> {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
             };
-            if target.parent() != Some(dir.as_path()) || found.contains(&target) {
+            let Some(name) = target
+                .file_name()
+                .filter(|_| target.parent() == Some(dir.as_path()))
+            else {
+                continue;
+            };
+            if found.contains(name) {
                 continue;
             }
             let info = process.path().join("fdinfo").join(fd.file_name());
@@ -381,7 +455,7 @@ fn files_open_for_writing(dir: &Path) -> HashSet<PathBuf> {
             if let Some(flags) = flags {
                 let mode = flags & libc::O_ACCMODE as u32;
                 if mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32 {
-                    found.insert(target);
+                    found.insert(name.to_os_string());
                 }
             }
         }
@@ -475,6 +549,33 @@ mod tests {
         assert!(readiness.ready(start + SETTLE * 10, &never).is_empty());
         readiness.observe(Hint::Closed("a.csv".into()), start + SETTLE * 10);
         assert_eq!(readiness.ready(start + SETTLE * 20, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn a_large_backlog_is_looked_through_a_slice_at_a_time_and_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LOOKS_PER_CALL * 2 + 100;
+        for n in 0..files {
+            std::fs::write(dir.path().join(format!("{n:05}.csv")), "x").expect("write");
+        }
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.scan(start, false).expect("scan");
+        let mut found = HashSet::new();
+        let mut calls = 0;
+        while found.len() < files && calls < 100 {
+            let ready = readiness.ready(start + SETTLE * (calls + 1), &never);
+            assert!(ready.len() <= LOOKS_PER_CALL, "{} in one call", ready.len());
+            for name in ready {
+                readiness.park(&name);
+                assert!(found.insert(name), "handed out twice");
+            }
+            calls += 1;
+        }
+        assert_eq!(found.len(), files, "after {calls} calls");
+        // Each file is stat'd once to learn its state and once to see it
+        // still: two rounds of slices, not one pass per file.
+        assert!(calls <= 6, "{calls} calls");
     }
 
     #[test]

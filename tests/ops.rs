@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{proof_rows, wait_until, Site, IMPORT, LONG};
+use harness::{env_number, proof_rows, wait_until, Site, IMPORT, LONG};
 
 /// `consent-drop <args>` with stderr in `<site>/<log>`; killed on drop.
 struct Process {
@@ -560,4 +560,64 @@ fn under_journald_human_lines_have_a_priority_and_no_timestamp() {
         .is_some_and(|status| status.success()));
     let text = std::fs::read_to_string(&other_log).expect("log");
     assert!(text.lines().all(|line| line.starts_with("20")), "{text}");
+}
+
+/// A backlog found by the start-up scan (`STARTUP_FILES`, 20,000 by default;
+/// 100,000 for a partner's whole backlog) is listed, settled and taken
+/// without stalling the loop: the watchdog keeps pinging all along, every
+/// gap well within systemd's timeout (which would kill the daemon).
+#[test]
+fn a_start_up_backlog_keeps_the_watchdog_pinging() {
+    let files = env_number("STARTUP_FILES", 20_000) as usize;
+    let site = Site::new(IMPORT);
+    for n in 0..files {
+        std::fs::write(
+            site.drop.join(format!("pr-{n:06}.csv")),
+            proof_rows(&format!("b{n}-"), 1),
+        )
+        .expect("write a waiting file");
+    }
+    let notify = NotifySocket::bind(&site.path("notify.sock"));
+    let socket = notify.path.to_string_lossy().into_owned();
+    let timeout = Duration::from_secs(2);
+    let usec = timeout.as_micros().to_string();
+    let mut daemon = Process::run(
+        &site,
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", &usec)],
+    );
+    assert!(
+        wait_until(LONG, || notify.count("READY=1") == 1),
+        "no READY=1; log:\n{}",
+        site.log()
+    );
+    // Past the scan, the settling of every file and the first claims.
+    assert!(
+        wait_until(LONG * 2, || site.reports("archive").len() >= 300),
+        "log:\n{}",
+        site.log()
+    );
+    assert!(daemon
+        .terminate(LONG)
+        .is_some_and(|status| status.success()));
+    let pings: Vec<Instant> = notify
+        .messages()
+        .iter()
+        .filter(|(_, message)| {
+            message
+                .lines()
+                .any(|line| line == "READY=1" || line == "WATCHDOG=1")
+        })
+        .map(|(at, _)| *at)
+        .collect();
+    let longest = pings
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    assert!(pings.len() > 2, "{} pings", pings.len());
+    assert!(
+        longest < timeout,
+        "{files} waiting files: {longest:?} without a ping (systemd kills after {timeout:?})"
+    );
+    eprintln!("{files} waiting files: longest gap between pings {longest:?}");
 }

@@ -205,6 +205,9 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescan = tokio::time::interval(self.config.watch.rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The periodic listing runs on a blocking thread (a folder of
+        // 100,000 names takes longer than a tick); one at a time.
+        let mut listing: Option<tokio::task::JoinHandle<ListingResult>> = None;
         loop {
             self.start_files(Instant::now());
             let retry_at = self.schedule.next_due();
@@ -214,12 +217,18 @@ impl Daemon {
                 () = controls.reload.notified() => self.reload(&load, &controls.shutdown),
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => self.joined(joined),
                 Some(hint) = self.hints.recv() => self.hint(hint),
+                // Before the listing: the tick carries the watchdog pings.
+                _ = tick.tick() => self.tick(),
                 () = sleep_until(retry_at) => {}
-                _ = rescan.tick() => {
-                    self.scan(false);
+                listed = join_listing(&mut listing), if listing.is_some() => {
+                    listing = None;
+                    self.merge_listing(listed);
+                }
+                _ = rescan.tick(), if listing.is_none() => {
+                    let dir = self.config.watch.dir.clone();
+                    listing = Some(tokio::task::spawn_blocking(move || watch::list_names(&dir)));
                     self.backlog.refresh(&self.config.watch, &self.ctx.dirs.processing);
                 }
-                _ = tick.tick() => self.tick(),
             }
         }
     }
@@ -282,6 +291,16 @@ impl Daemon {
         if full {
             tracing::warn!("file events were lost: scanning the drop folder again");
             self.scan(true);
+        }
+    }
+
+    fn merge_listing(&mut self, listed: Result<ListingResult, tokio::task::JoinError>) {
+        match listed {
+            Ok(Ok(names)) => self
+                .readiness
+                .merge_listing(names, Instant::now().into_std(), false),
+            Ok(Err(err)) => tracing::error!(%err, "rescan failed"),
+            Err(err) => tracing::error!(%err, "rescan stopped unexpectedly"),
         }
     }
 
@@ -439,6 +458,17 @@ fn log_report(report: &pipeline::Report) {
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let _ = sd_notify::notify(false, states);
+    }
+}
+
+type ListingResult = Result<Vec<std::ffi::OsString>, watch::WatchError>;
+
+async fn join_listing(
+    listing: &mut Option<tokio::task::JoinHandle<ListingResult>>,
+) -> Result<ListingResult, tokio::task::JoinError> {
+    match listing.as_mut() {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 
