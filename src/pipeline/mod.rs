@@ -191,9 +191,10 @@ enum Step {
     Deliver,
 }
 
-/// Files up to this size tell the sink they are coming from their
+/// Plain files up to this size tell the sink they are coming from their
 /// fingerprint on (their validation takes milliseconds), so that the events
-/// of many small files share requests; larger ones from their validation's end.
+/// of many small files share requests; larger or compressed ones (whose
+/// content may be far larger) from their validation's end.
 const SMALL_FILE_BYTES: u64 = 1 << 20;
 
 const STEPS: [Step; 4] = [
@@ -333,7 +334,8 @@ impl<'a> FileRun<'a> {
         };
         self.report.sha256 = Some(fingerprint.sha256.clone());
         self.report.size = Some(fingerprint.size);
-        if fingerprint.size <= SMALL_FILE_BYTES {
+        let plain = unpack::Packing::of(&self.occurrence.file_name) == unpack::Packing::Plain;
+        if plain && fingerprint.size <= SMALL_FILE_BYTES {
             // Its validation is short: small requests may wait for it.
             self.coming = Some(self.coming_to_sink());
         }

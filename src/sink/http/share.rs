@@ -352,6 +352,7 @@ impl Share {
                 }
             }
             tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => {
                     self.queue().close();
                     return false;
@@ -367,6 +368,7 @@ impl Share {
 async fn submit(share: Arc<Share>) {
     while share.wait_until_ready().await {
         let permit = tokio::select! {
+            biased;
             () = share.shutdown.cancelled() => None,
             permit = share.permits.clone().acquire_owned() => permit.ok(),
         };
