@@ -16,15 +16,25 @@
 //! an error, an ambiguous fall-back time takes the earlier instant. The reader
 //! keeps a [`ZoneCache`] of the zone's UTC offset per local hour, so the zone
 //! database is consulted about once per hour of dates, not once per row.
+//!
+//! This file owns the choice of kind, the error messages and chrono's paths
+//! (strftime); [`tokens`] compiles and reads token patterns, [`zone`] checks
+//! the calendar and places local times in the zone. None of them looks at
+//! the clock.
 use std::fmt::Write as _;
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{
-    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc,
-};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, Timelike, Utc};
 use chrono_tz::Tz;
 
 use super::shown;
+
+mod tokens;
+mod zone;
+
+use tokens::{compile_tokens, layout_of, Layout, Piece};
+pub(crate) use zone::ZoneCache;
+use zone::{check_local, civil_seconds, place_in_zone, Local};
 
 /// The eight standard formats of SPEC §1.
 pub const STANDARD_FORMATS: [&str; 8] = [
@@ -59,75 +69,6 @@ enum Kind {
     Strftime,
     /// `iso8601`: see [`super::iso8601`].
     Iso8601,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    Day,
-    Month,
-    Year,
-    Hour,
-    Minute,
-    Second,
-}
-
-impl Token {
-    const ALL: [Token; 6] = [
-        Token::Day,
-        Token::Month,
-        Token::Year,
-        Token::Hour,
-        Token::Minute,
-        Token::Second,
-    ];
-
-    fn text(self) -> &'static str {
-        match self {
-            Token::Day => "dd",
-            Token::Month => "MM",
-            Token::Year => "yyyy",
-            Token::Hour => "HH",
-            Token::Minute => "mm",
-            Token::Second => "ss",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Token::Day => "day",
-            Token::Month => "month",
-            Token::Year => "year",
-            Token::Hour => "hour",
-            Token::Minute => "minute",
-            Token::Second => "second",
-        }
-    }
-
-    fn width(self) -> usize {
-        match self {
-            Token::Year => 4,
-            _ => 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Piece {
-    Literal(char),
-    Token(Token),
-}
-
-/// A token pattern compiled to byte offsets.
-#[derive(Debug, Clone, Default)]
-struct Layout {
-    len: usize,
-    literals: Vec<(usize, u8)>,
-    year: usize,
-    month: usize,
-    day: usize,
-    hour: usize,
-    minute: usize,
-    second: usize,
 }
 
 /// Why a date was refused; the text is the human reason.
@@ -167,42 +108,7 @@ pub enum DateError {
 }
 
 /// At most this many characters of a refused date are quoted in a message.
-const SHOWN: usize = 64;
-
-/// The zone's UTC offset per local hour, for hours with a single offset.
-pub(crate) struct ZoneCache {
-    tz: Option<Tz>,
-    slots: [(i64, i32); ZoneCache::SLOTS],
-}
-
-impl ZoneCache {
-    const SLOTS: usize = 128;
-    const EMPTY: i64 = i64::MIN;
-
-    pub(crate) fn new() -> ZoneCache {
-        ZoneCache {
-            tz: None,
-            slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
-        }
-    }
-}
-
-impl std::fmt::Debug for ZoneCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZoneCache").field("tz", &self.tz).finish()
-    }
-}
-
-/// A local date and time, fields already range-checked.
-#[derive(Debug, Clone, Copy)]
-struct Local {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-}
+pub(super) const SHOWN: usize = 64;
 
 /// A sample instant whose fields are all distinct (checks strftime patterns).
 fn sample_instant() -> Option<NaiveDateTime> {
@@ -362,47 +268,8 @@ impl DateFormat {
     }
 
     fn read_tokens(&self, layout: &Layout, text: &str) -> Result<Local, DateError> {
-        let bytes = text.as_bytes();
-        if bytes.len() != layout.len {
-            return Err(self.mismatch(text));
-        }
-        for &(at, byte) in &layout.literals {
-            if bytes.get(at) != Some(&byte) {
-                return Err(self.mismatch(text));
-            }
-        }
-        let digits = |at: usize, width: usize| -> Option<u32> {
-            let mut value = 0u32;
-            for &b in bytes.get(at..at + width)? {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    return None;
-                }
-                value = value * 10 + u32::from(d);
-            }
-            Some(value)
-        };
-        let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-            digits(layout.year, 4),
-            digits(layout.month, 2),
-            digits(layout.day, 2),
-            digits(layout.hour, 2),
-            digits(layout.minute, 2),
-            digits(layout.second, 2),
-        ) else {
-            return Err(self.mismatch(text));
-        };
-        check_local(
-            text,
-            Local {
-                year: i64::from(year),
-                month,
-                day,
-                hour,
-                minute,
-                second,
-            },
-        )
+        let local = tokens::read(layout, text).ok_or_else(|| self.mismatch(text))?;
+        check_local(text, local)
     }
 
     fn read_strftime(&self, text: &str) -> Result<Local, DateError> {
@@ -436,22 +303,7 @@ impl DateFormat {
         let local = instant.with_timezone(&tz).naive_local();
         let mut out = String::new();
         match &self.kind {
-            Kind::Tokens { pieces, .. } => {
-                for piece in pieces {
-                    let _ = match piece {
-                        Piece::Literal(c) => {
-                            out.push(*c);
-                            Ok(())
-                        }
-                        Piece::Token(Token::Year) => write!(out, "{:04}", local.year()),
-                        Piece::Token(Token::Month) => write!(out, "{:02}", local.month()),
-                        Piece::Token(Token::Day) => write!(out, "{:02}", local.day()),
-                        Piece::Token(Token::Hour) => write!(out, "{:02}", local.hour()),
-                        Piece::Token(Token::Minute) => write!(out, "{:02}", local.minute()),
-                        Piece::Token(Token::Second) => write!(out, "{:02}", local.second()),
-                    };
-                }
-            }
+            Kind::Tokens { pieces, .. } => tokens::write(pieces, local, &mut out),
             Kind::Strftime => {
                 let _ = write!(
                     out,
@@ -468,246 +320,10 @@ impl DateFormat {
     }
 }
 
-fn compile_tokens(pattern: &str) -> Result<Vec<Piece>, String> {
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut pieces = Vec::new();
-    let mut i = 0;
-    while let Some(&c) = chars.get(i) {
-        if c == '\'' {
-            i = quoted_literal(pattern, &chars, i, &mut pieces)?;
-            continue;
-        }
-        if !c.is_alphabetic() {
-            pieces.push(Piece::Literal(c));
-            i += 1;
-            continue;
-        }
-        let run = chars[i..].iter().take_while(|&&other| other == c).count();
-        let token = match (c, run) {
-            ('d', 2) => Token::Day,
-            ('M', 2) => Token::Month,
-            ('y', 4) => Token::Year,
-            ('H', 2) => Token::Hour,
-            ('m', 2) => Token::Minute,
-            ('s', 2) => Token::Second,
-            _ => {
-                let bad: String = std::iter::repeat_n(c, run).collect();
-                return Err(format!(
-                    "{pattern:?}: {bad:?} is not a date token; use dd, MM, yyyy, HH, mm, ss \
-                     and literal characters (or a strftime pattern with %)"
-                ));
-            }
-        };
-        if pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Token(t) if *t == token))
-        {
-            return Err(format!(
-                "{pattern:?}: {} appears more than once",
-                token.text()
-            ));
-        }
-        pieces.push(Piece::Token(token));
-        i += run;
-    }
-    for token in Token::ALL {
-        if !pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Token(t) if *t == token))
-        {
-            return Err(format!(
-                "{pattern:?} has no {} ({}); a date format needs dd, MM, yyyy, HH, mm and ss",
-                token.text(),
-                token.name()
-            ));
-        }
-    }
-    Ok(pieces)
-}
-
-/// Text in single quotes from `chars[open]` is literal, as in Java patterns
-/// (`yyyy-MM-dd'T'HH:mm:ss`); `''` is one quote, inside quotes or out.
-/// Returns the index after the closing quote.
-fn quoted_literal(
-    pattern: &str,
-    chars: &[char],
-    open: usize,
-    pieces: &mut Vec<Piece>,
-) -> Result<usize, String> {
-    if chars.get(open + 1) == Some(&'\'') {
-        pieces.push(Piece::Literal('\''));
-        return Ok(open + 2);
-    }
-    let mut i = open + 1;
-    loop {
-        match (chars.get(i), chars.get(i + 1)) {
-            (None, _) => {
-                return Err(format!(
-                    "{pattern:?}: a quote opens literal text that is never closed; \
-                     write '' for a quote character"
-                ))
-            }
-            (Some('\''), Some('\'')) => {
-                pieces.push(Piece::Literal('\''));
-                i += 2;
-            }
-            (Some('\''), _) => return Ok(i + 1),
-            (Some(&c), _) => {
-                pieces.push(Piece::Literal(c));
-                i += 1;
-            }
-        }
-    }
-}
-
-fn layout_of(pieces: &[Piece]) -> Layout {
-    let mut layout = Layout::default();
-    let mut at = 0;
-    for piece in pieces {
-        match piece {
-            Piece::Literal(c) => {
-                let mut utf8 = [0u8; 4];
-                for &b in c.encode_utf8(&mut utf8).as_bytes() {
-                    layout.literals.push((at, b));
-                    at += 1;
-                }
-            }
-            Piece::Token(token) => {
-                let slot = match token {
-                    Token::Day => &mut layout.day,
-                    Token::Month => &mut layout.month,
-                    Token::Year => &mut layout.year,
-                    Token::Hour => &mut layout.hour,
-                    Token::Minute => &mut layout.minute,
-                    Token::Second => &mut layout.second,
-                };
-                *slot = at;
-                at += token.width();
-            }
-        }
-    }
-    layout.len = at;
-    layout
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(year) => 29,
-        _ => 28,
-    }
-}
-
-fn check_local(text: &str, local: Local) -> Result<Local, DateError> {
-    let out_of_range = |field: &'static str, value: u32| DateError::OutOfRange {
-        text: shown(text, SHOWN),
-        field,
-        value,
-    };
-    if !(1..=12).contains(&local.month) {
-        return Err(out_of_range("month", local.month));
-    }
-    if local.day == 0 || local.day > 31 {
-        return Err(out_of_range("day", local.day));
-    }
-    if local.day > days_in_month(local.year, local.month) {
-        return Err(DateError::NoSuchDay {
-            text: shown(text, SHOWN),
-            year: local.year,
-            month: local.month,
-            day: local.day,
-        });
-    }
-    if local.hour > 23 {
-        return Err(out_of_range("hour", local.hour));
-    }
-    if local.minute > 59 {
-        return Err(out_of_range("minute", local.minute));
-    }
-    if local.second > 59 {
-        return Err(out_of_range("second", local.second));
-    }
-    Ok(local)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Seconds since the epoch of a local time read as UTC.
-fn civil_seconds(local: Local) -> i64 {
-    days_from_civil(local.year, local.month, local.day) * 86_400
-        + i64::from(local.hour) * 3_600
-        + i64::from(local.minute) * 60
-        + i64::from(local.second)
-}
-
-fn place_in_zone(
-    local: Local,
-    tz: Tz,
-    text: &str,
-    cache: &mut ZoneCache,
-) -> Result<DateTime<Utc>, DateError> {
-    let unsupported = || DateError::Unsupported {
-        text: shown(text, SHOWN),
-    };
-    let days = days_from_civil(local.year, local.month, local.day);
-    let seconds = civil_seconds(local);
-    if tz == Tz::UTC {
-        return DateTime::from_timestamp(seconds, 0).ok_or_else(unsupported);
-    }
-    if cache.tz != Some(tz) {
-        *cache = ZoneCache::new();
-        cache.tz = Some(tz);
-    }
-    let key = days * 24 + i64::from(local.hour);
-    let slot = key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
-    if let Some(&(cached_key, offset)) = cache.slots.get(slot) {
-        if cached_key == key {
-            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
-                .ok_or_else(unsupported);
-        }
-    }
-    let year = i32::try_from(local.year).map_err(|_| unsupported())?;
-    let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
-    let at = |h: u32, m: u32, s: u32| date.and_hms_opt(h, m, s).ok_or_else(unsupported);
-    let start = tz.from_local_datetime(&at(local.hour, 0, 0)?);
-    let end = tz.from_local_datetime(&at(local.hour, 59, 59)?);
-    if let (LocalResult::Single(a), LocalResult::Single(b)) = (&start, &end) {
-        let offset = a.offset().fix().local_minus_utc();
-        if offset == b.offset().fix().local_minus_utc() {
-            if let Some(entry) = cache.slots.get_mut(slot) {
-                *entry = (key, offset);
-            }
-            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
-                .ok_or_else(unsupported);
-        }
-    }
-    match tz.from_local_datetime(&at(local.hour, local.minute, local.second)?) {
-        LocalResult::Single(instant) => Ok(instant.with_timezone(&Utc)),
-        LocalResult::Ambiguous(a, b) => Ok(a.with_timezone(&Utc).min(b.with_timezone(&Utc))),
-        LocalResult::None => Err(DateError::Gap {
-            text: shown(text, SHOWN),
-            zone: tz.name().to_string(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{LocalResult, TimeZone};
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()

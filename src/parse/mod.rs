@@ -6,11 +6,15 @@
 //! keeps more than one row (at most `max_row_bytes`) in memory.
 
 pub mod date;
+mod decode;
 mod diagnose;
 mod encoding;
 mod iso8601;
 mod reader;
+mod records;
+mod rules;
 pub mod sample;
+mod split;
 mod utf8;
 
 use std::collections::HashMap;
@@ -170,7 +174,7 @@ fn shown(text: &str, max: usize) -> String {
 mod tests {
     use std::io::Read;
 
-    use super::reader::READ_BUFFER;
+    use super::records::READ_BUFFER;
     use super::*;
     use proptest::prelude::*;
 

@@ -1,0 +1,165 @@
+//! The calendar and the zone: a local date and time → the UTC instant.
+//!
+//! Owns the range checks every date format shares (a real calendar day,
+//! hours 00–23, seconds 00–59), proleptic Gregorian arithmetic, and placing
+//! a local time in the import's zone: a time in a spring-forward gap is an
+//! error, an ambiguous fall-back time takes the earlier instant. A
+//! [`ZoneCache`] keeps the zone's UTC offset per local hour, so the zone
+//! database is consulted about once per hour of dates, not once per row.
+//!
+//! It never reads text: the formats hand it numbers.
+use chrono::{DateTime, LocalResult, NaiveDate, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use super::{DateError, SHOWN};
+use crate::parse::shown;
+
+/// The zone's UTC offset per local hour, for hours with a single offset.
+pub(crate) struct ZoneCache {
+    tz: Option<Tz>,
+    slots: [(i64, i32); ZoneCache::SLOTS],
+}
+
+impl ZoneCache {
+    const SLOTS: usize = 128;
+    const EMPTY: i64 = i64::MIN;
+
+    pub(crate) fn new() -> ZoneCache {
+        ZoneCache {
+            tz: None,
+            slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
+        }
+    }
+}
+
+impl std::fmt::Debug for ZoneCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneCache").field("tz", &self.tz).finish()
+    }
+}
+
+/// A local date and time (range-checked once through [`check_local`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Local {
+    pub(super) year: i64,
+    pub(super) month: u32,
+    pub(super) day: u32,
+    pub(super) hour: u32,
+    pub(super) minute: u32,
+    pub(super) second: u32,
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap(year) => 29,
+        _ => 28,
+    }
+}
+
+pub(super) fn check_local(text: &str, local: Local) -> Result<Local, DateError> {
+    let out_of_range = |field: &'static str, value: u32| DateError::OutOfRange {
+        text: shown(text, SHOWN),
+        field,
+        value,
+    };
+    if !(1..=12).contains(&local.month) {
+        return Err(out_of_range("month", local.month));
+    }
+    if local.day == 0 || local.day > 31 {
+        return Err(out_of_range("day", local.day));
+    }
+    if local.day > days_in_month(local.year, local.month) {
+        return Err(DateError::NoSuchDay {
+            text: shown(text, SHOWN),
+            year: local.year,
+            month: local.month,
+            day: local.day,
+        });
+    }
+    if local.hour > 23 {
+        return Err(out_of_range("hour", local.hour));
+    }
+    if local.minute > 59 {
+        return Err(out_of_range("minute", local.minute));
+    }
+    if local.second > 59 {
+        return Err(out_of_range("second", local.second));
+    }
+    Ok(local)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the epoch of a local time read as UTC.
+pub(super) fn civil_seconds(local: Local) -> i64 {
+    days_from_civil(local.year, local.month, local.day) * 86_400
+        + i64::from(local.hour) * 3_600
+        + i64::from(local.minute) * 60
+        + i64::from(local.second)
+}
+
+pub(super) fn place_in_zone(
+    local: Local,
+    tz: Tz,
+    text: &str,
+    cache: &mut ZoneCache,
+) -> Result<DateTime<Utc>, DateError> {
+    let unsupported = || DateError::Unsupported {
+        text: shown(text, SHOWN),
+    };
+    let days = days_from_civil(local.year, local.month, local.day);
+    let seconds = civil_seconds(local);
+    if tz == Tz::UTC {
+        return DateTime::from_timestamp(seconds, 0).ok_or_else(unsupported);
+    }
+    if cache.tz != Some(tz) {
+        *cache = ZoneCache::new();
+        cache.tz = Some(tz);
+    }
+    let key = days * 24 + i64::from(local.hour);
+    let slot = key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
+    if let Some(&(cached_key, offset)) = cache.slots.get(slot) {
+        if cached_key == key {
+            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
+                .ok_or_else(unsupported);
+        }
+    }
+    let year = i32::try_from(local.year).map_err(|_| unsupported())?;
+    let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
+    let at = |h: u32, m: u32, s: u32| date.and_hms_opt(h, m, s).ok_or_else(unsupported);
+    let start = tz.from_local_datetime(&at(local.hour, 0, 0)?);
+    let end = tz.from_local_datetime(&at(local.hour, 59, 59)?);
+    if let (LocalResult::Single(a), LocalResult::Single(b)) = (&start, &end) {
+        let offset = a.offset().fix().local_minus_utc();
+        if offset == b.offset().fix().local_minus_utc() {
+            if let Some(entry) = cache.slots.get_mut(slot) {
+                *entry = (key, offset);
+            }
+            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
+                .ok_or_else(unsupported);
+        }
+    }
+    match tz.from_local_datetime(&at(local.hour, local.minute, local.second)?) {
+        LocalResult::Single(instant) => Ok(instant.with_timezone(&Utc)),
+        LocalResult::Ambiguous(a, b) => Ok(a.with_timezone(&Utc).min(b.with_timezone(&Utc))),
+        LocalResult::None => Err(DateError::Gap {
+            text: shown(text, SHOWN),
+            zone: tz.name().to_string(),
+        }),
+    }
+}
