@@ -13,10 +13,6 @@
 //! into reads ([`super::records`] does the reading). It never reads input,
 //! never decodes text, never judges a field, and allocates nothing once the
 //! span list has grown to the widest record.
-//!
-//! Not `csv-core`: the dialect's blanks before a quote, runs of spaces and
-//! row limit do not map onto it, and this splitter is also the faster of the
-//! two on the same file (see `tests/split_vs_csv_core.rs`).
 
 use memchr::memchr3;
 
