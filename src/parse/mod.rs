@@ -15,6 +15,8 @@ mod records;
 mod rules;
 pub mod sample;
 mod split;
+#[cfg(test)]
+mod split_diff;
 mod utf8;
 
 use std::collections::HashMap;
@@ -159,6 +161,28 @@ pub enum RejectReason {
 pub enum ParseError {
     #[error("cannot read the file: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Splits `input` into records and field spans, nothing decoded or judged,
+/// and counts both (blank lines skipped): the record splitter alone, for
+/// `examples/split_bench.rs`.
+#[doc(hidden)]
+pub fn split_only<R: std::io::Read>(
+    input: R,
+    separator: Separator,
+    max_row_bytes: usize,
+) -> Result<(u64, u64), ParseError> {
+    let split = split::Splitter::new(separator.byte(), max_row_bytes);
+    let mut records = records::Records::new(encoding::Input::Bytes(input), split, true);
+    let (mut rows, mut fields) = (0u64, 0u64);
+    while records.next()? {
+        let rec = records.rec();
+        if !rec.blank {
+            rows += 1;
+            fields += rec.fields as u64;
+        }
+    }
+    Ok((rows, fields))
 }
 
 /// `text` cut after `max` characters (marked by an ellipsis), for quoting

@@ -13,6 +13,11 @@
 //! into reads ([`super::records`] does the reading). It never reads input,
 //! never decodes text, never judges a field, and allocates nothing once the
 //! span list has grown to the widest record.
+//!
+//! Why not `csv-core`: on the same 1M-row file this splitter is about 1.4×
+//! faster (`examples/split_bench.rs`), and csv-core cannot express blanks
+//! before a quote, runs of spaces or the row limit; `split_diff.rs` checks
+//! both agree on the rest of the dialect.
 
 use memchr::memchr3;
 
