@@ -5,7 +5,8 @@
 #   scripts/bench.sh [ROWS...]        (default: 1000000 5000000)
 #
 # File sink, for each ROWS: generates a proof file with `consent-drop sample`,
-# imports it (validation pass included) and prints rows/s, MB/s and peak RSS.
+# imports it (validation pass included) and prints rows/s, MB/s, peak RSS and
+# consent-drop's CPU seconds (user + system; the steadier figure on a busy machine).
 #
 # HTTP, for BENCH_HTTP_ROWS rows (default 1000000; 0 skips it): one proof
 # file, imported once to the file sink for its events (NDJSON), then over
@@ -16,7 +17,7 @@
 #   consent-drop        `import` to the http sink (batch_size 100) at
 #                       concurrency 1, 4, 8, and 4 with gzip bodies, timed whole
 # and prints requests/s (as counted by the server) and rows/s (one event a
-# row), with consent-drop's peak RSS; then consent-drop's requests/s at
+# row), with consent-drop's peak RSS and CPU seconds; then consent-drop's requests/s at
 # concurrency 4 as a percentage of the server's best alone, and whether it is
 # within 20% of it (on small files consent-drop's start-up and validation
 # pass weigh more, so judge it on a million rows). The test server keeps every
@@ -70,8 +71,9 @@ batch_size = 100
 $(imports)
 TOML
 mkdir -p "$work/drop"
-timer=(/usr/bin/time -f "%e %M")
-printf '%-10s %12s %10s %10s %12s %12s %8s\n' rows seconds rows/s MB/s peak_RSS_MiB miller_rows/s ratio
+# seconds, peak RSS (KiB), user and system CPU seconds
+timer=(/usr/bin/time -f "%e %M %U %S")
+printf '%-10s %12s %10s %10s %12s %12s %8s %8s\n' rows seconds rows/s MB/s peak_RSS_MiB miller_rows/s ratio cpu_s
 for rows in "${@:-1000000 5000000}"; do
   for n in $rows; do
     file="$work/pr-bench-$n.csv"
@@ -79,18 +81,19 @@ for rows in "${@:-1000000 5000000}"; do
     bytes=$(stat -c %s "$file")
     rm -rf "$work/state" "$work/outbox"
     "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
-    read -r seconds rss_kib < "$work/time"
+    read -r seconds rss_kib user_s sys_s < "$work/time"
     miller_seconds=0
     if command -v mlr > /dev/null; then
       "${timer[@]}" -o "$work/mtime" mlr --icsv --ifs ';' --allow-ragged-csv-input --ojsonl cat "$file" > /dev/null
       read -r miller_seconds _ < "$work/mtime"
     fi
-    python3 - "$n" "$seconds" "$bytes" "$rss_kib" "$miller_seconds" <<'PY'
+    python3 - "$n" "$seconds" "$bytes" "$rss_kib" "$miller_seconds" "$user_s" "$sys_s" <<'PY'
 import sys
 n, s, b, rss, m = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+cpu = float(sys.argv[6]) + float(sys.argv[7])
 s = max(s, 0.01)
 miller, ratio = ("-", "-") if m <= 0 else (f"{n/m:.0f}", f"{m/s:.2f}x")
-print(f"{n:<10d} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f} {miller:>12} {ratio:>8}")
+print(f"{n:<10d} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f} {miller:>12} {ratio:>8} {cpu:8.2f}")
 PY
     lines=$(cat "$work"/outbox/*.ndjson | wc -l)
     [ "$lines" -le "$n" ] || { echo "more events than rows?" >&2; exit 1; }
@@ -139,7 +142,7 @@ TOML
     bytes=$(stat -c %s "$file")
     rm -rf "$work/state" "$work/outbox"
     "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
-    read -r seconds rss_kib < "$work/time"
+    read -r seconds rss_kib _ < "$work/time"
     python3 - "$kind" "$rows" "$seconds" "$bytes" "$rss_kib" <<'PY'
 import sys
 kind, n, s, b, rss = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -236,10 +239,10 @@ for run in 1 4 8 4-gzip; do
   rm -rf "$work/state-http"
   BENCH_TOKEN="$token" "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/http.toml" "$file" > /dev/null
   stop_server
-  read -r seconds rss_kib < "$work/time"
+  read -r seconds rss_kib user_s sys_s < "$work/time"
   [ "$served_events" -eq "$http_rows" ] || { echo "expected $http_rows events at the test server, got $served_events" >&2; exit 1; }
   [ "$gzip" = true ] || daemon_rps[$c]=$(awk -v r="$served_requests" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
-  note="$served_events events stored"
+  note="$served_events events stored, $(awk -v u="$user_s" -v s="$sys_s" 'BEGIN { printf "%.2f", u + s }') s of CPU"
   [ "$gzip" = false ] || note="$note, gzip bodies"
   [ "$served_duplicates" -eq 0 ] || note="$note, $served_duplicates duplicates"
   http_row "consent-drop import" "$c" "$served_requests" "$http_rows" "$seconds" "$rss_kib" "$note"
@@ -291,7 +294,7 @@ storm_run() { # NAME SINK_TABLE -> prints a row
   end=$(date +%s.%N)
   pkill -TERM -P "$pid" 2> /dev/null || kill -TERM "$pid"
   wait "$pid" || true
-  read -r _ rss_kib < "$dir/time"
+  read -r _ rss_kib _ < "$dir/time"
   echo "$name $start $end $rss_kib"
 }
 
