@@ -21,7 +21,6 @@ pub struct TraceOptions<'a> {
 /// nothing found (never imported, or pruned); 3: an archived file was
 /// altered.
 pub fn trace(options: &TraceOptions<'_>, out: &mut dyn Write) -> Result<Exit, CommandError> {
-    use crate::trace::{self, Traced};
     let config = load_config(options.config)?;
     if !config.state_dir.join(crate::journal::FILE_NAME).exists() {
         writeln!(
@@ -34,57 +33,11 @@ pub fn trace(options: &TraceOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
     }
     let journal = Journal::open(&config.state_dir)?;
     let proofs = match (options.event_id, options.email) {
-        (Some(text), None) => {
-            let id = uuid::Uuid::parse_str(text.trim()).map_err(|err| {
-                CommandError::Usage(format!("{text:?} is not an event id: {err}"))
-            })?;
-            match trace::trace_event(&config, &journal, &id)? {
-                Traced::Found(proofs) => proofs,
-                Traced::Pruned(pruned) => {
-                    writeln!(
-                        out,
-                        "event {id}: PRUNED: it was archived on {} ({} occurrence(s): {}), a day deleted by [state] archive_days on {}",
-                        pruned.day,
-                        pruned.occurrences.len(),
-                        pruned.occurrences.join(", "),
-                        pruned.pruned_at
-                    )
-                    .map_err(stdout_error)?;
-                    return Ok(Exit::Rejected);
-                }
-                Traced::NeverImported => {
-                    writeln!(
-                        out,
-                        "event {id}: never imported (no archived proof has this id)"
-                    )
-                    .map_err(stdout_error)?;
-                    return Ok(Exit::Rejected);
-                }
-            }
-        }
-        (None, Some(address)) => {
-            let started = std::time::Instant::now();
-            let found = trace::trace_email(&config, &journal, address)?;
-            let seconds = started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "read {} archived file(s), {:.1} MB, in {:.2} s ({:.0} MB/s)",
-                found.files_read,
-                found.bytes_read as f64 / 1e6,
-                seconds,
-                found.bytes_read as f64 / 1e6 / seconds
-            );
-            if !options.json {
-                writeln!(
-                    out,
-                    "{}: {} proof(s) in {} archived file(s) read",
-                    trace::normalise_email(address),
-                    found.proofs.len(),
-                    found.files_read
-                )
-                .map_err(stdout_error)?;
-            }
-            found.proofs
-        }
+        (Some(text), None) => match proofs_of_event(&config, &journal, text, out)? {
+            Some(proofs) => proofs,
+            None => return Ok(Exit::Rejected),
+        },
+        (None, Some(address)) => proofs_of_contact(&config, &journal, address, options, out)?,
         _ => {
             return Err(CommandError::Usage(
                 "give an EVENT_ID or --email ADDRESS".to_string(),
@@ -92,10 +45,10 @@ pub fn trace(options: &TraceOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
         }
     };
     if options.json {
-        trace::show::json_lines(&proofs, out).map_err(stdout_error)?;
+        crate::trace::show::json_lines(&proofs, out).map_err(stdout_error)?;
     } else {
         for proof in &proofs {
-            trace::show::text(proof, out).map_err(stdout_error)?;
+            crate::trace::show::text(proof, out).map_err(stdout_error)?;
         }
     }
     Ok(if proofs.iter().any(|proof| !proof.sha256_matches) {
@@ -105,6 +58,74 @@ pub fn trace(options: &TraceOptions<'_>, out: &mut dyn Write) -> Result<Exit, Co
     } else {
         Exit::Success
     })
+}
+
+/// The proofs of one event id; `None` (said on `out`) when it was pruned
+/// or never imported.
+fn proofs_of_event(
+    config: &crate::config::Config,
+    journal: &Journal,
+    text: &str,
+    out: &mut dyn Write,
+) -> Result<Option<Vec<crate::trace::Proof>>, CommandError> {
+    use crate::trace::{self, Traced};
+    let id = uuid::Uuid::parse_str(text.trim())
+        .map_err(|err| CommandError::Usage(format!("{text:?} is not an event id: {err}")))?;
+    match trace::trace_event(config, journal, &id)? {
+        Traced::Found(proofs) => Ok(Some(proofs)),
+        Traced::Pruned(pruned) => {
+            writeln!(
+                out,
+                "event {id}: PRUNED: it was archived on {} ({} occurrence(s): {}), a day deleted by [state] archive_days on {}",
+                pruned.day,
+                pruned.occurrences.len(),
+                pruned.occurrences.join(", "),
+                pruned.pruned_at
+            )
+            .map_err(stdout_error)?;
+            Ok(None)
+        }
+        Traced::NeverImported => {
+            writeln!(
+                out,
+                "event {id}: never imported (no archived proof has this id)"
+            )
+            .map_err(stdout_error)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Every proof of one contact, with how much was read (on stderr).
+fn proofs_of_contact(
+    config: &crate::config::Config,
+    journal: &Journal,
+    address: &str,
+    options: &TraceOptions<'_>,
+    out: &mut dyn Write,
+) -> Result<Vec<crate::trace::Proof>, CommandError> {
+    use crate::trace;
+    let started = std::time::Instant::now();
+    let found = trace::trace_email(config, journal, address)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "read {} archived file(s), {:.1} MB, in {:.2} s ({:.0} MB/s)",
+        found.files_read,
+        found.bytes_read as f64 / 1e6,
+        seconds,
+        found.bytes_read as f64 / 1e6 / seconds
+    );
+    if !options.json {
+        writeln!(
+            out,
+            "{}: {} proof(s) in {} archived file(s) read",
+            trace::normalise_email(address),
+            found.proofs.len(),
+            found.files_read
+        )
+        .map_err(stdout_error)?;
+    }
+    Ok(found.proofs)
 }
 
 // ------------------------------------------------------------------ retry

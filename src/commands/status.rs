@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{load_config, stdout_error, CommandError, Exit};
-use crate::journal::Journal;
+use crate::config::Config;
+use crate::journal::{Journal, Occurrence};
 
 pub fn status(
     config_path: Option<&Path>,
@@ -29,31 +30,51 @@ pub fn status(
     }
     let journal = Journal::open(&config.state_dir)?;
     let recent = journal.recent(limit)?;
-    // The organization of an occurrence is its import's, as configured now.
-    let organization = |import: &str| {
-        config
-            .import_named(import)
-            .and_then(|import| import.organization())
-            .unwrap_or("-")
-            .to_string()
-    };
     if json {
-        let mut rows = serde_json::to_value(&recent)
-            .map_err(|err| stdout_error(std::io::Error::other(err)))?;
-        if let Some(rows) = rows.as_array_mut() {
-            for row in rows.iter_mut() {
-                let import = row.get("import").and_then(|v| v.as_str()).unwrap_or("");
-                let org = organization(import);
-                if let Some(object) = row.as_object_mut() {
-                    object.insert("organization_id".into(), org.into());
-                }
+        as_json(&config, &recent, out)?;
+    } else {
+        as_table(&config, &recent, out)?;
+    }
+    Ok(Exit::Success)
+}
+
+/// The organization of an occurrence: its import's, as configured now.
+fn organization(config: &Config, import: &str) -> String {
+    config
+        .import_named(import)
+        .and_then(|import| import.organization())
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// The occurrences as one JSON array, each with its organization.
+fn as_json(
+    config: &Config,
+    recent: &[Occurrence],
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let mut rows =
+        serde_json::to_value(recent).map_err(|err| stdout_error(std::io::Error::other(err)))?;
+    if let Some(rows) = rows.as_array_mut() {
+        for row in rows.iter_mut() {
+            let import = row.get("import").and_then(|v| v.as_str()).unwrap_or("");
+            let org = organization(config, import);
+            if let Some(object) = row.as_object_mut() {
+                object.insert("organization_id".into(), org.into());
             }
         }
-        let text = serde_json::to_string_pretty(&rows)
-            .map_err(|err| stdout_error(std::io::Error::other(err)))?;
-        writeln!(out, "{text}").map_err(stdout_error)?;
-        return Ok(Exit::Success);
     }
+    let text = serde_json::to_string_pretty(&rows)
+        .map_err(|err| stdout_error(std::io::Error::other(err)))?;
+    writeln!(out, "{text}").map_err(stdout_error)
+}
+
+/// The archive's size and oldest day, then one line an occurrence.
+fn as_table(
+    config: &Config,
+    recent: &[Occurrence],
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
     let usage = crate::retention::archive_usage(&config.state_dir.join("archive"))?;
     writeln!(
         out,
@@ -84,7 +105,7 @@ pub fn status(
             "{:<36}  {:<20}  {:<16}  {:<10}  {:>9}  {:>8}  {:>7}  {:<24}  {}",
             occurrence.id,
             occurrence.import,
-            organization(&occurrence.import),
+            organization(config, &occurrence.import),
             occurrence.status.as_str(),
             count(occurrence.rows_accepted),
             count(occurrence.rows_rejected),
@@ -94,5 +115,5 @@ pub fn status(
         )
         .map_err(stdout_error)?;
     }
-    Ok(Exit::Success)
+    Ok(())
 }

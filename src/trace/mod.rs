@@ -224,44 +224,12 @@ fn read_proofs(
     wanted: &Wanted,
     seek: bool,
 ) -> Result<Vec<Proof>, TraceError> {
-    let occurrence = &held.occurrence;
-    let sha256_matches = occurrence.sha256.as_deref() == Some(held.print.sha256.as_str());
-    let report_file = report_path(&held.file);
-    let report = std::fs::read(&report_file)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-    let duplicate = occurrence.status == crate::journal::Status::Duplicate;
-    let refusals = journal.refusals(&occurrence.id)?;
-    let base = |line: u64, original_line: String| Proof {
-        event_id: None,
-        fate: if duplicate {
-            Fate::Duplicate
-        } else {
-            Fate::Delivered
-        },
-        occurrence_id: occurrence.id.clone(),
-        import: occurrence.import.clone(),
-        organization_id: organization(config, held.import),
-        claimed_at: occurrence.claimed_at.clone(),
-        file: held.file.clone(),
-        sha256_journal: occurrence.sha256.clone(),
-        sha256_now: held.print.sha256.clone(),
-        sha256_matches,
-        line,
-        original_line,
-        reason: None,
-        report_file: report_file.clone(),
-        report: report.clone(),
-        batch: None,
-        acknowledged_at: None,
-        event: None,
-        notes: Vec::new(),
-    };
+    let base = ProofBase::of(config, journal, held)?;
     let Some(import) = held.import else {
-        let mut proof = base(0, String::new());
+        let mut proof = base.proof(0, String::new());
         proof.notes.push(format!(
             "the current config has no import named {:?}: the file cannot be read",
-            occurrence.import
+            held.occurrence.import
         ));
         return Ok(vec![proof]);
     };
@@ -270,46 +238,149 @@ fn read_proofs(
             Wanted::Id(_, line, _) => u64::from(*line),
             Wanted::Email(_) => 0,
         };
-        let mut proof = base(line, String::new());
+        let mut proof = base.proof(line, String::new());
         proof.notes.push(format!(
             "THE ARCHIVED FILE IS MISSING: {} was removed or moved by hand",
             held.file.display()
         ));
         return Ok(vec![proof]);
     }
-    let source_sha = occurrence.sha256.as_deref().unwrap_or(&held.print.sha256);
-    let mut writer = EventWriter::new(import, &occurrence.file_name, source_sha);
-    let seek_format;
+    let mut proofs = scan_rows(journal, held, import, wanted, seek, &base)?;
+    if let Wanted::Email(email) = wanted {
+        proofs.extend(rejected_proofs(held, import, email, &base)?);
+        proofs.sort_by_key(|proof| proof.line);
+    }
+    if !base.sha256_matches {
+        for proof in &mut proofs {
+            proof.notes.push(
+                "THE ARCHIVED FILE WAS ALTERED: its SHA-256 is not the one the journal recorded"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(proofs)
+}
+
+/// What every proof of one held file shares: occurrence, file, report,
+/// checksums and the receiver's refusals.
+struct ProofBase {
+    template: Proof,
+    sha256_matches: bool,
+    duplicate: bool,
+    refusals: Vec<crate::sink::Refusal>,
+}
+
+impl ProofBase {
+    fn of(config: &Config, journal: &Journal, held: &Held<'_>) -> Result<ProofBase, TraceError> {
+        let occurrence = &held.occurrence;
+        let sha256_matches = occurrence.sha256.as_deref() == Some(held.print.sha256.as_str());
+        let report_file = report_path(&held.file);
+        let report = std::fs::read(&report_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        let duplicate = occurrence.status == crate::journal::Status::Duplicate;
+        let template = Proof {
+            event_id: None,
+            fate: if duplicate {
+                Fate::Duplicate
+            } else {
+                Fate::Delivered
+            },
+            occurrence_id: occurrence.id.clone(),
+            import: occurrence.import.clone(),
+            organization_id: organization(config, held.import),
+            claimed_at: occurrence.claimed_at.clone(),
+            file: held.file.clone(),
+            sha256_journal: occurrence.sha256.clone(),
+            sha256_now: held.print.sha256.clone(),
+            sha256_matches,
+            line: 0,
+            original_line: String::new(),
+            reason: None,
+            report_file,
+            report,
+            batch: None,
+            acknowledged_at: None,
+            event: None,
+            notes: Vec::new(),
+        };
+        Ok(ProofBase {
+            template,
+            sha256_matches,
+            duplicate,
+            refusals: journal.refusals(&occurrence.id)?,
+        })
+    }
+
+    fn proof(&self, line: u64, original_line: String) -> Proof {
+        Proof {
+            line,
+            original_line,
+            ..self.template.clone()
+        }
+    }
+}
+
+/// A reader of the held file: from the wanted line's byte offset when
+/// `seek` and the file allows it (no header then), else from the start.
+/// Returns the reader, its encoding, the line before its first row, the
+/// events before it, and whether it seeked.
+type Opened<'f> = (
+    crate::parse::RowReader<'f, crate::unpack::Content>,
+    ResolvedEncoding,
+    u64,
+    u64,
+    bool,
+);
+
+fn open_at<'f>(
+    import: &'f Import,
+    held: &Held<'_>,
+    wanted: &Wanted,
+    seek: bool,
+    headerless: &'f crate::parse::RowFormat,
+) -> Result<Opened<'f>, TraceError> {
     let start = match seek.then(|| seek_start(import, held, wanted)) {
         Some(start) => start.map_err(io_at(&held.file))?,
         None => None,
     };
-    let (mut reader, encoding, line_base, mut ordinal) = match start {
+    if let Some((offset, encoding, line, ordinal)) = start {
         // Straight to the line: a reader from its first byte, no header.
-        Some((offset, encoding, line, ordinal)) => {
-            let mut format = import.format.clone();
-            format.header = crate::parse::HeaderMode::Absent;
-            seek_format = format;
-            let mut file = claim::open_regular(&held.file).map_err(io_at(&held.file))?;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
-                .map_err(io_at(&held.file))?;
-            let file = crate::unpack::Content::plain(file);
-            let reader = crate::parse::RowReader::new(file, &seek_format, encoding);
-            (reader, encoding, line - 1, u64::from(ordinal))
-        }
-        None => {
-            let (reader, encoding) =
-                pipeline::open_rows(import, &held.file, &held.print).map_err(io_at(&held.file))?;
-            (reader, encoding, 0, 0)
-        }
-    };
+        let mut file = claim::open_regular(&held.file).map_err(io_at(&held.file))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+            .map_err(io_at(&held.file))?;
+        let file = crate::unpack::Content::plain(file);
+        let reader = crate::parse::RowReader::new(file, headerless, encoding);
+        return Ok((reader, encoding, line - 1, u64::from(ordinal), true));
+    }
+    let (reader, encoding) =
+        pipeline::open_rows(import, &held.file, &held.print).map_err(io_at(&held.file))?;
+    Ok((reader, encoding, 0, 0, false))
+}
+
+/// The wanted rows of the held file, each rebuilt into its event.
+fn scan_rows(
+    journal: &Journal,
+    held: &Held<'_>,
+    import: &Import,
+    wanted: &Wanted,
+    seek: bool,
+    base: &ProofBase,
+) -> Result<Vec<Proof>, TraceError> {
+    let occurrence = &held.occurrence;
+    let source_sha = occurrence.sha256.as_deref().unwrap_or(&held.print.sha256);
+    let mut writer = EventWriter::new(import, &occurrence.file_name, source_sha);
+    let mut headerless = import.format.clone();
+    headerless.header = crate::parse::HeaderMode::Absent;
+    let (mut reader, encoding, line_base, mut ordinal, seeked) =
+        open_at(import, held, wanted, seek, &headerless)?;
     let batch_size = occurrence.batch_size.unwrap_or(1).max(1);
     let mut proofs = Vec::new();
     let mut event = Vec::new();
     loop {
         let row = match reader.next_record() {
             Ok(None) => break,
-            Ok(Some(Record::Reject(_))) if start.is_some() => break,
+            Ok(Some(Record::Reject(_))) if seeked => break,
             Ok(Some(Record::Reject(_))) => continue,
             Ok(Some(Record::Row(row))) => row,
             Err(crate::parse::ParseError::Io(err)) => return Err(io_at(&held.file)(err)),
@@ -319,13 +390,10 @@ fn read_proofs(
             line: row.line + line_base,
             ..row
         };
-        let line_number = row.line;
         ordinal += 1;
         let chosen = match wanted {
-            Wanted::Id(..) if start.is_some() => true,
-            Wanted::Id(_, line, _) if *line != index::LINE_UNKNOWN => {
-                u64::from(*line) == line_number
-            }
+            Wanted::Id(..) if seeked => true,
+            Wanted::Id(_, line, _) if *line != index::LINE_UNKNOWN => u64::from(*line) == row.line,
             Wanted::Id(id, ..) => crate::event::event_id(&import.name, &row) == *id,
             Wanted::Email(email) => row.email == email,
         };
@@ -334,7 +402,7 @@ fn read_proofs(
         }
         event.clear();
         let id = writer.write(&row, &mut event);
-        let mut proof = base(line_number, encoding.decode_lossy(row.raw).into_owned());
+        let mut proof = base.proof(row.line, encoding.decode_lossy(row.raw).into_owned());
         proof.event_id = Some(id.to_string());
         proof.event = serde_json::from_slice(&event).ok();
         if let Wanted::Id(wanted_id, ..) = wanted {
@@ -344,42 +412,61 @@ fn read_proofs(
                 ));
             }
         }
-        if let Some(refusal) = refusals.iter().find(|refusal| refusal.line == line_number) {
-            proof.fate = Fate::Refused;
-            proof.reason = Some(refusal.message.clone());
-        }
-        if !duplicate {
-            let seq = (ordinal - 1) / batch_size;
-            proof.batch = Some(seq);
-            proof.acknowledged_at = journal
-                .acknowledged_at(&occurrence.id, seq)?
-                .or_else(|| occurrence.finished_at.clone());
-        }
+        settle_fate(
+            journal,
+            occurrence,
+            base,
+            &mut proof,
+            (ordinal - 1) / batch_size,
+        )?;
         proofs.push(proof);
         if matches!(wanted, Wanted::Id(..)) {
             break;
         }
     }
-    if let Wanted::Email(email) = wanted {
-        let refused: HashSet<u64> = refusals.iter().map(|refusal| refusal.line).collect();
-        for (line, reason, original) in rejected_rows(&rejects_path(&held.file))? {
-            if refused.contains(&line) || !first_field_is(&original, import, email) {
-                continue;
-            }
-            let mut proof = base(line, original);
-            proof.fate = Fate::Rejected;
-            proof.reason = Some(reason);
-            proofs.push(proof);
-        }
-        proofs.sort_by_key(|proof| proof.line);
+    Ok(proofs)
+}
+
+/// A sent row's fate: refused (with the receiver's message) or delivered
+/// in batch `seq`, acknowledged when the journal says.
+fn settle_fate(
+    journal: &Journal,
+    occurrence: &Occurrence,
+    base: &ProofBase,
+    proof: &mut Proof,
+    seq: u64,
+) -> Result<(), TraceError> {
+    if let Some(refusal) = base.refusals.iter().find(|r| r.line == proof.line) {
+        proof.fate = Fate::Refused;
+        proof.reason = Some(refusal.message.clone());
     }
-    if !sha256_matches {
-        for proof in &mut proofs {
-            proof.notes.push(
-                "THE ARCHIVED FILE WAS ALTERED: its SHA-256 is not the one the journal recorded"
-                    .to_string(),
-            );
+    if !base.duplicate {
+        proof.batch = Some(seq);
+        proof.acknowledged_at = journal
+            .acknowledged_at(&occurrence.id, seq)?
+            .or_else(|| occurrence.finished_at.clone());
+    }
+    Ok(())
+}
+
+/// The contact's rows rejected on import, from the file's rejects (those
+/// the receiver refused are already proofs of their own).
+fn rejected_proofs(
+    held: &Held<'_>,
+    import: &Import,
+    email: &str,
+    base: &ProofBase,
+) -> Result<Vec<Proof>, TraceError> {
+    let refused: HashSet<u64> = base.refusals.iter().map(|refusal| refusal.line).collect();
+    let mut proofs = Vec::new();
+    for (line, reason, original) in rejected_rows(&rejects_path(&held.file))? {
+        if refused.contains(&line) || !first_field_is(&original, import, email) {
+            continue;
         }
+        let mut proof = base.proof(line, original);
+        proof.fate = Fate::Rejected;
+        proof.reason = Some(reason);
+        proofs.push(proof);
     }
     Ok(proofs)
 }

@@ -1,0 +1,134 @@
+//! index::format: the bytes of a run file — its header (magic, occurrences,
+//! record count) and its records (16 bytes for a run of one occurrence, 20
+//! for a merged one) — and the sorted stream that reads them back. It
+//! decides nothing about when runs are written, merged or searched.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{io_at, IndexError, OCC_LEN};
+
+/// A work record, and the record of a run of one occurrence: id prefix
+/// (8 bytes LE), line (4 bytes LE) and the event's number among the file's
+/// events, from 0 (4 bytes LE: it says which batch the event went in).
+pub(super) const SHORT_RECORD: usize = 16;
+/// The record of a merged run: id prefix, occurrence number in the run,
+/// line, event number.
+pub(super) const RUN_RECORD: usize = 20;
+
+/// The record size of a run of this many occurrences.
+pub(super) fn record_size(occurrences: usize) -> usize {
+    if occurrences == 1 {
+        SHORT_RECORD
+    } else {
+        RUN_RECORD
+    }
+}
+pub(super) const MAGIC: &[u8; 8] = b"CDIDX03\n";
+
+/// A sorted stream of run records: one chunk of a work file or one run.
+pub(super) struct Source {
+    pub(super) reader: BufReader<File>,
+    pub(super) left: u64,
+    /// What the record's occurrence number becomes in the output.
+    pub(super) occ_base: u32,
+    /// [`SHORT_RECORD`] (no occurrence number) or [`RUN_RECORD`].
+    pub(super) size: usize,
+    pub(super) head: Option<Entry>,
+}
+
+/// One record: (key, occurrence number, line, event number).
+pub(super) type Entry = (u64, u32, u32, u32);
+
+impl Source {
+    pub(super) fn advance(&mut self) -> io::Result<()> {
+        if self.left == 0 {
+            self.head = None;
+            return Ok(());
+        }
+        self.left -= 1;
+        let mut record = [0u8; RUN_RECORD];
+        self.reader.read_exact(&mut record[..self.size])?;
+        let (key, occ, line, ordinal) = decode(&record, self.size);
+        self.head = Some((key, occ + self.occ_base, line, ordinal));
+        Ok(())
+    }
+}
+
+/// A record of `size` bytes: (key, occurrence number, line).
+pub(super) fn decode(record: &[u8], size: usize) -> Entry {
+    if size == SHORT_RECORD {
+        (u64_at(record, 0), 0, u32_at(record, 8), u32_at(record, 12))
+    } else {
+        (
+            u64_at(record, 0),
+            u32_at(record, 8),
+            u32_at(record, 12),
+            u32_at(record, 16),
+        )
+    }
+}
+
+pub(super) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+pub(super) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+/// One run file's header: its occurrences and where its records start.
+#[derive(Debug)]
+pub struct Run {
+    pub path: PathBuf,
+    pub occurrences: Vec<String>,
+    pub records: u64,
+    pub(super) data_start: u64,
+}
+
+impl Run {
+    pub fn open(path: &Path) -> Result<(Run, File), IndexError> {
+        let file = File::open(path).map_err(io_at(path))?;
+        let mut head = [0u8; 20];
+        file.read_exact_at(&mut head, 0).map_err(io_at(path))?;
+        if &head[..8] != MAGIC {
+            return Err(IndexError::Corrupt {
+                path: path.to_path_buf(),
+            });
+        }
+        let occs = u32_at(&head, 8) as usize;
+        let records = u64_at(&head, 12);
+        let mut names = vec![0u8; occs * OCC_LEN];
+        file.read_exact_at(&mut names, 20).map_err(io_at(path))?;
+        let occurrences = names
+            .chunks(OCC_LEN)
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        let run = Run {
+            path: path.to_path_buf(),
+            occurrences,
+            records,
+            data_start: 20 + names.len() as u64,
+        };
+        Ok((run, file))
+    }
+
+    pub(super) fn source(&self, occ_base: u32) -> Result<Source, IndexError> {
+        let mut file = File::open(&self.path).map_err(io_at(&self.path))?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(self.data_start))
+            .map_err(io_at(&self.path))?;
+        Ok(Source {
+            reader: BufReader::with_capacity(256 * 1024, file),
+            left: self.records,
+            occ_base,
+            size: record_size(self.occurrences.len()),
+            head: None,
+        })
+    }
+}
