@@ -1,7 +1,12 @@
 //! index::format: the bytes of a run file — its header (magic, occurrences,
-//! record count) and its records (16 bytes for a run of one occurrence, 20
-//! for a merged one) — and the sorted stream that reads them back. It
-//! decides nothing about when runs are written, merged or searched.
+//! record count, segment length) and its records (16 bytes for a run of one
+//! occurrence, 20 for a merged one) — and the sorted streams that read them
+//! back. It decides nothing about when runs are written, merged or searched.
+//!
+//! A run's records are sorted by key within segments of `segment` records:
+//! a run sealed from a file is the recorder's sorted chunks as they were
+//! written (no second pass over the ids on the import path); a merged run
+//! is one segment. Runs of the first format (`CDIDX03`) are one segment.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -26,9 +31,34 @@ pub(super) fn record_size(occurrences: usize) -> usize {
         RUN_RECORD
     }
 }
-pub(super) const MAGIC: &[u8; 8] = b"CDIDX03\n";
+/// Magic, occurrence count (u32), record count (u64), names: one segment.
+const MAGIC_ONE_SEGMENT: &[u8; 8] = b"CDIDX03\n";
+/// Magic, occurrence count (u32), record count (u64), segment length (u64),
+/// names.
+pub(super) const MAGIC: &[u8; 8] = b"CDIDX04\n";
 
-/// A sorted stream of run records: one chunk of a work file or one run.
+/// The header of a run of `count` records in segments of `segment`.
+pub(super) fn header(occurrences: &[String], count: u64, segment: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(28 + occurrences.len() * OCC_LEN);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(occurrences.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&count.to_le_bytes());
+    bytes.extend_from_slice(&segment.max(1).to_le_bytes());
+    for occurrence in occurrences {
+        let mut name = [b' '; OCC_LEN];
+        let raw = occurrence.as_bytes();
+        let len = raw.len().min(OCC_LEN);
+        name[..len].copy_from_slice(&raw[..len]);
+        bytes.extend_from_slice(&name);
+    }
+    bytes
+}
+
+/// The header length of a run of one occurrence: where a sealed work
+/// file's records start.
+pub(super) const SINGLE_HEADER: u64 = 28 + OCC_LEN as u64;
+
+/// A sorted stream of run records: one segment of one run.
 pub(super) struct Source {
     pub(super) reader: BufReader<File>,
     pub(super) left: u64,
@@ -89,23 +119,32 @@ pub struct Run {
     pub path: PathBuf,
     pub occurrences: Vec<String>,
     pub records: u64,
+    /// Records are sorted within each segment of this many.
+    pub(super) segment: u64,
     pub(super) data_start: u64,
 }
 
 impl Run {
     pub fn open(path: &Path) -> Result<(Run, File), IndexError> {
         let file = File::open(path).map_err(io_at(path))?;
-        let mut head = [0u8; 20];
-        file.read_exact_at(&mut head, 0).map_err(io_at(path))?;
-        if &head[..8] != MAGIC {
+        let mut head = [0u8; 28];
+        file.read_exact_at(&mut head[..20], 0).map_err(io_at(path))?;
+        let occs = u32_at(&head, 8) as usize;
+        let records = u64_at(&head, 12);
+        let (segment, names_at) = if &head[..8] == MAGIC {
+            file.read_exact_at(&mut head[20..], 20)
+                .map_err(io_at(path))?;
+            (u64_at(&head, 20).max(1), 28)
+        } else if &head[..8] == MAGIC_ONE_SEGMENT {
+            (records.max(1), 20)
+        } else {
             return Err(IndexError::Corrupt {
                 path: path.to_path_buf(),
             });
-        }
-        let occs = u32_at(&head, 8) as usize;
-        let records = u64_at(&head, 12);
+        };
         let mut names = vec![0u8; occs * OCC_LEN];
-        file.read_exact_at(&mut names, 20).map_err(io_at(path))?;
+        file.read_exact_at(&mut names, names_at)
+            .map_err(io_at(path))?;
         let occurrences = names
             .chunks(OCC_LEN)
             .map(|name| String::from_utf8_lossy(name).into_owned())
@@ -114,21 +153,35 @@ impl Run {
             path: path.to_path_buf(),
             occurrences,
             records,
-            data_start: 20 + names.len() as u64,
+            segment,
+            data_start: names_at + names.len() as u64,
         };
         Ok((run, file))
     }
 
-    pub(super) fn source(&self, occ_base: u32) -> Result<Source, IndexError> {
-        let mut file = File::open(&self.path).map_err(io_at(&self.path))?;
-        io::Seek::seek(&mut file, io::SeekFrom::Start(self.data_start))
-            .map_err(io_at(&self.path))?;
-        Ok(Source {
-            reader: BufReader::with_capacity(256 * 1024, file),
-            left: self.records,
-            occ_base,
-            size: record_size(self.occurrences.len()),
-            head: None,
-        })
+    /// The sorted segments: (first record, records).
+    pub(super) fn segments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.records)
+            .step_by(usize::try_from(self.segment).unwrap_or(usize::MAX))
+            .map(|start| (start, (self.records - start).min(self.segment)))
+    }
+
+    /// One sorted stream a segment, occurrence numbers offset by `occ_base`.
+    pub(super) fn sources(&self, occ_base: u32) -> Result<Vec<Source>, IndexError> {
+        let size = record_size(self.occurrences.len());
+        let mut sources = Vec::new();
+        for (start, left) in self.segments() {
+            let mut file = File::open(&self.path).map_err(io_at(&self.path))?;
+            let at = self.data_start + start * size as u64;
+            io::Seek::seek(&mut file, io::SeekFrom::Start(at)).map_err(io_at(&self.path))?;
+            sources.push(Source {
+                reader: BufReader::with_capacity(64 * 1024, file),
+                left,
+                occ_base,
+                size,
+                head: None,
+            });
+        }
+        Ok(sources)
     }
 }

@@ -26,30 +26,37 @@ pub fn lookup(state: &Path, id: &uuid::Uuid) -> Result<Vec<Hit>, IndexError> {
     let key = prefix(id);
     let mut hits = Vec::new();
     for day in days(state)?.into_iter().rev() {
-        for (_, path) in runs_in(&root(state).join(&day))? {
-            let (run, file) = match Run::open(&path) {
-                Ok(opened) => opened,
-                // Removed by a merge since the listing: its records are in
-                // the merged run, which the next listing shows.
-                Err(IndexError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                    continue
-                }
-                Err(err) => return Err(err),
+        // A run removed by a merge since the listing has its records in the
+        // merged run: the day is read again from a fresh listing.
+        while !find_in_day(state, &day, key, &mut hits)? {}
+    }
+    Ok(hits)
+}
+
+/// Adds the day's hits of `key` to `hits`; false when a listed run was
+/// gone by the time it was opened.
+fn find_in_day(state: &Path, day: &str, key: u64, hits: &mut Vec<Hit>) -> Result<bool, IndexError> {
+    for (_, path) in runs_in(&root(state).join(day))? {
+        let (run, file) = match Run::open(&path) {
+            Ok(opened) => opened,
+            Err(IndexError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(false)
+            }
+            Err(err) => return Err(err),
+        };
+        for (occurrence_id, line, ordinal) in run.find(&file, key).map_err(io_at(&path))? {
+            let hit = Hit {
+                day: day.to_string(),
+                occurrence_id,
+                line,
+                ordinal,
             };
-            for (occurrence_id, line, ordinal) in run.find(&file, key).map_err(io_at(&path))? {
-                let hit = Hit {
-                    day: day.clone(),
-                    occurrence_id,
-                    line,
-                    ordinal,
-                };
-                if !hits.contains(&hit) {
-                    hits.push(hit);
-                }
+            if !hits.contains(&hit) {
+                hits.push(hit);
             }
         }
     }
-    Ok(hits)
+    Ok(true)
 }
 
 /// The days the index holds, oldest first (`YYYY-MM-DD` sorts as dates).
@@ -96,7 +103,8 @@ pub(super) fn runs_in(dir: &Path) -> Result<Vec<(u32, PathBuf)>, IndexError> {
 }
 
 impl Run {
-    /// The records whose key is `key`: (occurrence, line, event number).
+    /// The records whose key is `key`: (occurrence, line, event number); a
+    /// binary search of each sorted segment.
     pub(super) fn find(&self, file: &File, key: u64) -> io::Result<Vec<(String, u32, u32)>> {
         let size = record_size(self.occurrences.len());
         let read = |index: u64| -> io::Result<Entry> {
@@ -104,25 +112,28 @@ impl Run {
             file.read_exact_at(&mut record[..size], self.data_start + index * size as u64)?;
             Ok(decode(&record, size))
         };
-        let (mut low, mut high) = (0u64, self.records);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if read(middle)?.0 < key {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
         let mut hits = Vec::new();
-        while low < self.records {
-            let (found, occ, line, ordinal) = read(low)?;
-            if found != key {
-                break;
+        for (start, len) in self.segments() {
+            let end = start + len;
+            let (mut low, mut high) = (start, end);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if read(middle)?.0 < key {
+                    low = middle + 1;
+                } else {
+                    high = middle;
+                }
             }
-            if let Some(name) = self.occurrences.get(occ as usize) {
-                hits.push((name.clone(), line, ordinal));
+            while low < end {
+                let (found, occ, line, ordinal) = read(low)?;
+                if found != key {
+                    break;
+                }
+                if let Some(name) = self.occurrences.get(occ as usize) {
+                    hits.push((name.clone(), line, ordinal));
+                }
+                low += 1;
             }
-            low += 1;
         }
         Ok(hits)
     }

@@ -1,15 +1,20 @@
-//! index::merge: the k-way merge that writes a run durably (temporary name,
-//! fsync, rename, folder fsync) and the log-structured merging of one day's
-//! runs when [`FAN_IN`] of a level exist. A merged run is durable before its
-//! inputs are removed; it never drops a record.
+//! index::merge: the log-structured merging of one day's runs, on a
+//! background thread, so that a file being archived never waits for a
+//! merge: when [`FAN_IN`] runs of a level exist, all the runs of that level
+//! are merged (k-way) into one run, written durably (temporary name, fsync,
+//! rename, folder fsync) before its inputs are removed. It never drops a
+//! record: a crash in between leaves records twice, which lookups report
+//! once.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
 
-use super::format::{record_size, Run, Source, MAGIC, RUN_RECORD, SHORT_RECORD};
+use super::format::{header, record_size, Run, Source, RUN_RECORD, SHORT_RECORD};
 use super::lookup::runs_in;
-use super::{io_at, IndexError, OCC_LEN};
+use super::{io_at, IndexError};
 use crate::claim;
 
 /// This many runs of one level in a day are merged into one.
@@ -20,9 +25,96 @@ pub(super) fn level_of(records: u64) -> u32 {
     (64 - records.max(1).leading_zeros()) / 3
 }
 
+/// The day folders waiting for a merge, and whether one is being merged.
+#[derive(Default)]
+struct Queue {
+    days: BTreeSet<PathBuf>,
+    busy: bool,
+}
+
+struct Merger {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+fn merger() -> Option<&'static Merger> {
+    static MERGER: OnceLock<Option<&'static Merger>> = OnceLock::new();
+    *MERGER.get_or_init(|| {
+        let merger: &'static Merger = Box::leak(Box::new(Merger {
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("index-merge".into())
+            .spawn(move || merger.run())
+            .ok()
+            .map(|_| merger)
+    })
+}
+
+impl Merger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue is a set of names: still whole after a panic elsewhere.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn run(&self) {
+        loop {
+            let dir = {
+                let mut queue = self.lock();
+                loop {
+                    if let Some(dir) = queue.days.pop_first() {
+                        queue.busy = true;
+                        break dir;
+                    }
+                    queue = self
+                        .changed
+                        .wait(queue)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            };
+            if let Err(err) = compact(&dir) {
+                tracing::warn!(%err, "index runs not merged (tried again at the next seal)");
+            }
+            self.lock().busy = false;
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Asks for the runs of `dir` (a day of the index) to be merged, soon and
+/// on the merge thread (here when that thread cannot start).
+pub(super) fn merge_soon(dir: &Path) {
+    match merger() {
+        Some(merger) => {
+            merger.lock().days.insert(dir.to_path_buf());
+            merger.changed.notify_all();
+        }
+        None => {
+            if let Err(err) = compact(dir) {
+                tracing::warn!(%err, "index runs not merged (tried again at the next seal)");
+            }
+        }
+    }
+}
+
+/// Returns once every merge asked for so far is done.
+pub fn wait_for_merges() {
+    let Some(merger) = merger() else { return };
+    let mut queue = merger.lock();
+    while queue.busy || !queue.days.is_empty() {
+        queue = merger
+            .changed
+            .wait(queue)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+}
+
 /// Merges `sources` into a run at `path`, durably (temporary name, fsync,
 /// rename, folder fsync).
-pub(super) fn write_run(
+fn write_run(
     path: &Path,
     occurrences: &[String],
     count: u64,
@@ -31,16 +123,7 @@ pub(super) fn write_run(
     let temporary = path.with_extension("run.partial");
     let result = (|| -> io::Result<()> {
         let mut out = BufWriter::with_capacity(256 * 1024, File::create(&temporary)?);
-        out.write_all(MAGIC)?;
-        out.write_all(&(occurrences.len() as u32).to_le_bytes())?;
-        out.write_all(&count.to_le_bytes())?;
-        for occurrence in occurrences {
-            let mut name = [b' '; OCC_LEN];
-            let bytes = occurrence.as_bytes();
-            let len = bytes.len().min(OCC_LEN);
-            name[..len].copy_from_slice(&bytes[..len]);
-            out.write_all(&name)?;
-        }
+        out.write_all(&header(occurrences, count, count))?;
         // A k-way merge on a heap of the sources' heads.
         let mut heads = std::collections::BinaryHeap::new();
         for (index, source) in sources.iter_mut().enumerate() {
@@ -85,11 +168,13 @@ pub(super) fn write_run(
 /// is durable before its inputs are removed: a crash in between leaves
 /// records twice, which lookups report once.
 pub(super) fn compact(dir: &Path) -> Result<(), IndexError> {
-    // Files finishing together seal into one day at once: without the lock
-    // two of them merge the same inputs and the slower one finds them gone.
+    // Two processes (the daemon, an `import`) may merge one day at once:
+    // without the lock both merge the same inputs and the slower one finds
+    // them gone.
     let lock_path = dir.join(".compact.lock");
     let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
     lock_exclusively(&lock).map_err(io_at(&lock_path))?;
+    remove_partials(dir);
     loop {
         let runs = runs_in(dir)?;
         let Some(level) = runs
@@ -109,7 +194,7 @@ pub(super) fn compact(dir: &Path) -> Result<(), IndexError> {
         let mut count = 0;
         for path in &inputs {
             let (run, _) = Run::open(path)?;
-            sources.push(run.source(occurrences.len() as u32)?);
+            sources.extend(run.sources(occurrences.len() as u32)?);
             count += run.records;
             occurrences.extend(run.occurrences);
         }
@@ -123,6 +208,19 @@ pub(super) fn compact(dir: &Path) -> Result<(), IndexError> {
             fs::remove_file(path).map_err(io_at(path))?;
         }
         claim::sync_dir_of(&dir.join("x"))?;
+    }
+}
+
+/// Merged runs a merge left half-written when its process stopped: only a
+/// merge writes `.partial` names in a day, and it holds the lock.
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".run.partial") {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -5,18 +5,22 @@
 //! import path at most 5%): ids are already computed once per row while
 //! events are built, so the delivery pass hands each `(id, line)` to a
 //! [`Recorder`], which keeps 16 bytes a row (id prefix, line, event
-//! number), sorts them in chunks of 256k and appends the chunks to
+//! number), sorts them in chunks of 128k and appends the chunks to
 //! `work/<occ>.ids` (unsynced: a cache, rebuilt from the file itself when
-//! incomplete). When the file is archived, [`seal`] merges the chunks into
-//! one sorted run `index/<day>/<level>-<name>.run`, written to a temporary
-//! name, fsynced and renamed (durable like the rest); runs of one day are
-//! merged, log-structured, when eight of a level exist, so a lookup reads
-//! few runs (a binary search of each, a few `pread`s). The import pays one
-//! append a row, a sort and one sequential write of 16 MB a million rows
-//! (`scripts/bench-trace.sh` measures it against the index turned off).
-//! A SQLite table was the other candidate, not taken: an insert a row into
-//! a B-tree of 10 million random keys touches a random page each time,
-//! where a sorted run is one sequential write.
+//! incomplete), starting their write-back at once. That work file is the
+//! file's run, sorted by segments: when the file is archived, [`seal`]
+//! writes its header, fsyncs it and renames it to
+//! `index/<day>/<level>-<occurrence>.run`, and its folder is synced with the
+//! report's in the same group commit, before the file moves. Runs of one
+//! day are merged, log-structured, when eight of a level exist, on a
+//! background thread (a file never waits for a merge), so a lookup reads
+//! few runs (a binary search of each segment, a few `pread`s). The import
+//! pays one append a row, a sort a chunk, one sequential write of 16 MB a
+//! million rows and one fsync a file (`scripts/bench-trace.sh` measures it
+//! against the index turned off). A SQLite table was the other candidate,
+//! not taken: an insert a row into a B-tree of 10 million random keys
+//! touches a random page each time, where a sorted run is one sequential
+//! write.
 //!
 //! Only 8 bytes of the id are kept: a hit is a candidate, which `trace`
 //! confirms by rebuilding the event from its line. Runs are per archive day
@@ -45,6 +49,7 @@ use crate::claim::ClaimError;
 pub use format::Run;
 pub use lookup::{days, is_day, lookup, Hit};
 pub use record::{record_rows, Recorder};
+pub use merge::wait_for_merges;
 pub use seal::seal;
 pub use tomb::{find_pruned, prune_day, Pruned};
 
@@ -140,6 +145,7 @@ mod tests {
                 .collect();
             seal_ids(state, "2026-11-02", &occ(10 + file), &ids);
         }
+        wait_for_merges();
         let runs = runs_in(&root(state).join("2026-11-02")).expect("runs");
         assert!(runs.len() < 9, "nine small runs were merged: {runs:?}");
         for n in [0u64, 1, 65_535, 65_536, CHUNK as u64 + 499] {

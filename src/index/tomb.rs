@@ -37,7 +37,7 @@ pub fn prune_day(state: &Path, day: &str, pruned_at: &str) -> Result<u64, IndexE
     let mut sources = Vec::new();
     for (_, path) in runs_in(&dir)? {
         let (run, _) = Run::open(&path)?;
-        sources.push(run.source(0)?);
+        sources.extend(run.sources(0)?);
         occurrences.extend(run.occurrences);
     }
     let tomb = tomb_path(state, day);

@@ -95,19 +95,30 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
         occurrence_id: occurrence.id.clone(),
         present,
     };
-    let (placement, report) = blocking(move || papers.write(report)).await??;
-    // The report and rejects are in their folder before the file moves.
-    ctx.dir_sync.sync_dir_of(&placement.report).await?;
-    if let (Some(print), Verdict::Archived, true) = (&fingerprint, report.status, present) {
-        seal_index(
-            ctx,
-            work,
-            &occurrence,
-            print,
-            &dir_of(&placement),
-            report.rows_accepted,
-        )
-        .await?;
+    // The index run is sealed while the report is written (each fsync on
+    // its own thread), and both folders are synced in one group commit.
+    let (day, status, accepted) = (day_of(&papers.dir), report.status, report.rows_accepted);
+    let index_run = async {
+        match (&fingerprint, status, present) {
+            (Some(print), Verdict::Archived, true) => {
+                seal_index(ctx, work, &occurrence, print, &day, accepted).await
+            }
+            _ => Ok(None),
+        }
+    };
+    let papers_written = blocking(move || papers.write(report));
+    let (written, index_run) = tokio::join!(papers_written, index_run);
+    let (placement, report) = written??;
+    let index_run = index_run?;
+    // The report, rejects and index run are in their folders before the
+    // file moves.
+    match &index_run {
+        Some(run) => {
+            ctx.dir_sync
+                .sync_dirs_of(&[&placement.report, run])
+                .await?
+        }
+        None => ctx.dir_sync.sync_dir_of(&placement.report).await?,
     }
 
     if present {
@@ -123,18 +134,15 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
     Ok(report)
 }
 
-/// The archive day of a placement (`archive/YYYY-MM-DD/name`).
-fn dir_of(placement: &Placement) -> String {
-    placement
-        .file
-        .parent()
-        .and_then(|dir| dir.file_name())
+/// The archive day of an outcome folder (`archive/YYYY-MM-DD`).
+fn day_of(dir: &std::path::Path) -> String {
+    dir.file_name()
         .map(|day| day.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-/// One archived file's index run, made durable before the file moves.
-/// Seals run one at a time: each may merge the day's runs.
+/// One archived file's index run, durable but for its folder's fsync,
+/// which the caller shares with the report's before the file moves.
 async fn seal_index(
     ctx: &Context,
     work: &Work,
@@ -142,8 +150,7 @@ async fn seal_index(
     fingerprint: &Fingerprint,
     day: &str,
     accepted: u64,
-) -> Result<(), PipelineError> {
-    static SEALING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+) -> Result<Option<PathBuf>, PipelineError> {
     let (root, work_dir, day, id) = (
         ctx.dirs.root.clone(),
         ctx.dirs.work.clone(),
@@ -155,16 +162,13 @@ async fn seal_index(
         occurrence.processing_path.clone(),
         fingerprint.clone(),
     );
-    blocking(move || {
-        let _one_at_a_time = SEALING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let run = blocking(move || {
         index::seal(&root, &work_dir, &day, &id, accepted, |ids| {
             index::record_rows(open_rows(&import, &path, &print)?.0, &import.name, ids)
         })
     })
     .await??;
-    Ok(())
+    Ok(run)
 }
 
 async fn record_outcome(
