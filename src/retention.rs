@@ -188,22 +188,52 @@ fn pass(state: &Path, archive_days: u32) {
     }
 }
 
-/// The daemon's retention: a pass at start, then one a day, until shutdown.
-/// Nothing at all without `archive_days`.
-pub fn spawn(state: PathBuf, archive_days: Option<u32>, shutdown: CancellationToken) {
-    let Some(archive_days) = archive_days else {
-        return;
-    };
+/// The daemon's handle on its retention: a changed `archive_days` (the
+/// config reloaded) takes effect at once.
+#[derive(Debug)]
+pub struct Retention {
+    setting: tokio::sync::watch::Sender<Option<u32>>,
+}
+
+impl Retention {
+    /// The setting of a reloaded config; a pass runs now if it changed.
+    pub fn set(&self, archive_days: Option<u32>) {
+        self.setting.send_if_modified(|current| {
+            let changed = *current != archive_days;
+            *current = archive_days;
+            changed
+        });
+    }
+}
+
+/// The daemon's retention: a pass at start, then one a day, and one when
+/// the setting changes, until shutdown. Nothing at all while there is no
+/// `archive_days`.
+pub fn spawn(state: PathBuf, archive_days: Option<u32>, shutdown: CancellationToken) -> Retention {
+    let (setting, mut changes) = tokio::sync::watch::channel(archive_days);
     tokio::spawn(async move {
+        let mut days = *changes.borrow_and_update();
+        let mut next = tokio::time::Instant::now();
         loop {
-            let state = state.clone();
-            let _ = tokio::task::spawn_blocking(move || pass(&state, archive_days)).await;
+            // At start, a day after the last pass, and when the setting changed.
+            if let Some(archive_days) = days {
+                let state = state.clone();
+                let _ = tokio::task::spawn_blocking(move || pass(&state, archive_days)).await;
+                next = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+                () = tokio::time::sleep_until(next), if days.is_some() => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    days = *changes.borrow_and_update();
+                }
             }
         }
     });
+    Retention { setting }
 }
 
 #[cfg(test)]
@@ -258,5 +288,30 @@ mod tests {
         let usage = archive_usage(&state.join("archive")).expect("usage");
         assert_eq!(usage.oldest_day.as_deref(), Some("2026-06-01"));
         assert_eq!(usage.files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_archive_days_takes_effect_at_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().to_path_buf();
+        let old = state.join("archive").join("2020-01-01");
+        std::fs::create_dir_all(&old).expect("day");
+        std::fs::write(old.join("pr-a.csv"), "x;y\n").expect("file");
+        let shutdown = CancellationToken::new();
+        let retention = spawn(state.clone(), None, shutdown.clone());
+        // Without archive_days nothing goes; the same setting again is no change.
+        retention.set(None);
+        tokio::task::yield_now().await;
+        assert!(old.exists(), "kept without archive_days");
+        retention.set(Some(30));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while old.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !old.exists(),
+            "the day older than the reloaded setting was deleted"
+        );
+        shutdown.cancel();
     }
 }

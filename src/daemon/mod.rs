@@ -103,13 +103,13 @@ pub async fn run(
         counters.clone(),
     )?;
     ctx.sink.check_purposes(&config.imports);
-    crate::retention::spawn(
+    let retention = crate::retention::spawn(
         dirs.root.clone(),
         config.archive_days,
         controls.shutdown.clone(),
     );
     let backlog = crate::backlog::BacklogGauge::new(metrics.oldest_waiting_file_age.clone());
-    let mut daemon = Daemon::start(config, ctx, metrics, backlog)?;
+    let mut daemon = Daemon::start(config, ctx, metrics, backlog, retention)?;
     daemon.run(load, &controls).await;
     daemon.stop().await;
     Ok(())
@@ -122,6 +122,8 @@ struct Daemon {
     metrics: Metrics,
     /// The age of the oldest waiting file, refreshed at each rescan.
     backlog: crate::backlog::BacklogGauge,
+    /// `[state] archive_days`, handed the reloaded value.
+    retention: crate::retention::Retention,
     readiness: Readiness,
     schedule: Schedule,
     /// Names found ready and not yet claimed, oldest first.
@@ -141,6 +143,7 @@ impl Daemon {
         ctx: Context,
         metrics: Metrics,
         backlog: crate::backlog::BacklogGauge,
+        retention: crate::retention::Retention,
     ) -> Result<Daemon, DaemonError> {
         let mut schedule = Schedule::new(config.watch.max_files_in_flight);
         for work in claims::recover(&ctx, &config)? {
@@ -172,6 +175,7 @@ impl Daemon {
             ctx,
             metrics,
             backlog,
+            retention,
             readiness,
             schedule,
             ready: VecDeque::new(),
@@ -374,6 +378,7 @@ impl Daemon {
         self.ctx.batch_size = new.sink.batch_size();
         self.readiness.set_settle(new.watch.settle);
         self.schedule.set_cap(new.watch.max_files_in_flight);
+        self.retention.set(new.archive_days);
         if new.watch.dir != config.watch.dir || new.state_dir != config.state_dir {
             tracing::warn!("watch.dir and state.dir changes take effect at the next restart");
         }

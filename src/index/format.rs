@@ -9,9 +9,10 @@
 //! is one segment. Runs of the first format (`CDIDX03`) are one segment.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{io_at, IndexError, OCC_LEN};
 
@@ -58,9 +59,15 @@ pub(super) fn header(occurrences: &[String], count: u64, segment: u64) -> Vec<u8
 /// file's records start.
 pub(super) const SINGLE_HEADER: u64 = 28 + OCC_LEN as u64;
 
-/// A sorted stream of run records: one segment of one run.
+/// A sorted stream of run records: one segment of one run, read with
+/// `pread` through a small buffer of its own (the segments of a run share
+/// one descriptor).
 pub(super) struct Source {
-    pub(super) reader: BufReader<File>,
+    file: Arc<File>,
+    /// The next byte to read into the buffer.
+    at: u64,
+    buffer: Vec<u8>,
+    used: usize,
     pub(super) left: u64,
     /// What the record's occurrence number becomes in the output.
     pub(super) occ_base: u32,
@@ -72,16 +79,26 @@ pub(super) struct Source {
 /// One record: (key, occurrence number, line, event number).
 pub(super) type Entry = (u64, u32, u32, u32);
 
+/// Records a source reads at once.
+const SOURCE_BUFFER_RECORDS: u64 = 1024;
+
 impl Source {
     pub(super) fn advance(&mut self) -> io::Result<()> {
         if self.left == 0 {
             self.head = None;
             return Ok(());
         }
+        if self.used == self.buffer.len() {
+            let records = self.left.min(SOURCE_BUFFER_RECORDS) as usize;
+            self.buffer.resize(records * self.size, 0);
+            self.file.read_exact_at(&mut self.buffer, self.at)?;
+            self.at += self.buffer.len() as u64;
+            self.used = 0;
+        }
         self.left -= 1;
-        let mut record = [0u8; RUN_RECORD];
-        self.reader.read_exact(&mut record[..self.size])?;
-        let (key, occ, line, ordinal) = decode(&record, self.size);
+        let record = &self.buffer[self.used..self.used + self.size];
+        self.used += self.size;
+        let (key, occ, line, ordinal) = decode(record, self.size);
         self.head = Some((key, occ + self.occ_base, line, ordinal));
         Ok(())
     }
@@ -128,7 +145,8 @@ impl Run {
     pub fn open(path: &Path) -> Result<(Run, File), IndexError> {
         let file = File::open(path).map_err(io_at(path))?;
         let mut head = [0u8; 28];
-        file.read_exact_at(&mut head[..20], 0).map_err(io_at(path))?;
+        file.read_exact_at(&mut head[..20], 0)
+            .map_err(io_at(path))?;
         let occs = u32_at(&head, 8) as usize;
         let records = u64_at(&head, 12);
         let (segment, names_at) = if &head[..8] == MAGIC {
@@ -169,19 +187,19 @@ impl Run {
     /// One sorted stream a segment, occurrence numbers offset by `occ_base`.
     pub(super) fn sources(&self, occ_base: u32) -> Result<Vec<Source>, IndexError> {
         let size = record_size(self.occurrences.len());
-        let mut sources = Vec::new();
-        for (start, left) in self.segments() {
-            let mut file = File::open(&self.path).map_err(io_at(&self.path))?;
-            let at = self.data_start + start * size as u64;
-            io::Seek::seek(&mut file, io::SeekFrom::Start(at)).map_err(io_at(&self.path))?;
-            sources.push(Source {
-                reader: BufReader::with_capacity(64 * 1024, file),
+        let file = Arc::new(File::open(&self.path).map_err(io_at(&self.path))?);
+        Ok(self
+            .segments()
+            .map(|(start, left)| Source {
+                file: file.clone(),
+                at: self.data_start + start * size as u64,
+                buffer: Vec::new(),
+                used: 0,
                 left,
                 occ_base,
                 size,
                 head: None,
-            });
-        }
-        Ok(sources)
+            })
+            .collect())
     }
 }

@@ -218,7 +218,11 @@ fn remove_partials(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".run.partial") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".run.partial")
+        {
             let _ = fs::remove_file(entry.path());
         }
     }

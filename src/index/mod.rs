@@ -48,8 +48,8 @@ use crate::claim::ClaimError;
 
 pub use format::Run;
 pub use lookup::{days, is_day, lookup, Hit};
-pub use record::{record_rows, Recorder};
 pub use merge::wait_for_merges;
+pub use record::{record_rows, Recorder};
 pub use seal::seal;
 pub use tomb::{find_pruned, prune_day, Pruned};
 
@@ -148,7 +148,7 @@ mod tests {
         wait_for_merges();
         let runs = runs_in(&root(state).join("2026-11-02")).expect("runs");
         assert!(runs.len() < 9, "nine small runs were merged: {runs:?}");
-        for n in [0u64, 1, 65_535, 65_536, CHUNK as u64 + 499] {
+        for n in [0u64, 1, CHUNK as u64 - 1, CHUNK as u64, CHUNK as u64 + 499] {
             let hits = lookup(state, &id(n)).expect("lookup");
             assert_eq!(
                 hits,
@@ -230,5 +230,47 @@ mod tests {
         assert!(find_pruned(state, &id(4)).expect("tomb").is_none());
         assert_eq!(lookup(state, &id(4)).expect("lookup").len(), 1);
         assert_eq!(days(state).expect("days"), vec!["2026-01-02".to_string()]);
+    }
+
+    #[test]
+    fn a_run_of_the_first_format_is_still_read_and_merged() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path();
+        let day = root(state).join("2026-10-01");
+        fs::create_dir_all(&day).expect("day");
+        // CDIDX03: magic, occurrences, records, names, one sorted segment.
+        let mut keys: Vec<(u64, u32)> =
+            (0..50u32).map(|n| (prefix(&id(u64::from(n))), n)).collect();
+        keys.sort();
+        let mut bytes = b"CDIDX03\n".to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&50u64.to_le_bytes());
+        bytes.extend_from_slice(occ(7).as_bytes());
+        for (key, n) in keys {
+            bytes.extend_from_slice(&key.to_le_bytes());
+            bytes.extend_from_slice(&(n + 2).to_le_bytes());
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        fs::write(day.join("02-old.run"), bytes).expect("run");
+        let hits = lookup(state, &id(33)).expect("lookup");
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            (hits[0].occurrence_id.as_str(), hits[0].line),
+            (occ(7).as_str(), 35)
+        );
+        // Merged with runs of the current format, its records stay found.
+        for file in 0..8u32 {
+            let ids: Vec<u64> = (0..50)
+                .map(|n| 10_000 + u64::from(file) * 100 + n)
+                .collect();
+            seal_ids(state, "2026-10-01", &occ(20 + file), &ids);
+        }
+        wait_for_merges();
+        assert!(!day.join("02-old.run").exists(), "the old run was merged");
+        assert_eq!(lookup(state, &id(33)).expect("lookup")[0].line, 35);
+        assert_eq!(
+            lookup(state, &id(10_712)).expect("lookup")[0].occurrence_id,
+            occ(27)
+        );
     }
 }

@@ -10,9 +10,9 @@ use std::path::Path;
 use super::format::{SHORT_RECORD, SINGLE_HEADER};
 use super::{disabled, prefix, LINE_UNKNOWN};
 
-/// Records of one chunk (2 MiB in memory), sorted before they are written:
-/// a run's segment. A file of a million rows is eight segments.
-pub(super) const CHUNK: usize = 128 * 1024;
+/// Records of one chunk (512 KiB in memory), sorted before they are
+/// written: a run's segment. A file of a million rows is 31 segments.
+pub(super) const CHUNK: usize = 32 * 1024;
 pub(super) const WORK_RECORD: usize = SHORT_RECORD;
 
 /// Collects the `(id, line)` of every event of one file while it is built.

@@ -113,11 +113,7 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
     // The report, rejects and index run are in their folders before the
     // file moves.
     match &index_run {
-        Some(run) => {
-            ctx.dir_sync
-                .sync_dirs_of(&[&placement.report, run])
-                .await?
-        }
+        Some(run) => ctx.dir_sync.sync_dirs_of(&[&placement.report, run]).await?,
         None => ctx.dir_sync.sync_dir_of(&placement.report).await?,
     }
 
