@@ -582,6 +582,58 @@ impl CrashRig {
         Ok(rows)
     }
 
+    /// Every file that reached `archive/` with events has its index run:
+    /// the run is sealed, and its folder synced, before the file moves.
+    fn check_index(&self, site: usize) -> Result<(), Violation> {
+        let state = self.backing().join(SITES[site]).join("state");
+        if !state.join("journal.sqlite").exists() {
+            return Ok(());
+        }
+        let copy = self.work.path().join(format!("journal-copy-{site}"));
+        let Ok(conn) = rusqlite::Connection::open(copy.join("journal.sqlite")) else {
+            return Ok(());
+        };
+        let Ok(mut statement) = conn.prepare(
+            "SELECT id, outcome_path FROM occurrences WHERE outcome_path IS NOT NULL AND batches_total IS NOT NULL",
+        ) else {
+            return Ok(()); // no schema yet: nothing archived
+        };
+        let moved: Vec<(String, String)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| format!("{} journal: read: {err}", SITES[site]))?;
+        for (id, outcome) in moved {
+            let outcome = Path::new(&outcome);
+            let (Some(day), Some(name)) = (
+                outcome.parent().and_then(|d| d.file_name()),
+                outcome.file_name(),
+            ) else {
+                continue;
+            };
+            let archived = state.join("archive").join(day).join(name);
+            if !outcome.to_string_lossy().contains("/archive/") || !archived.exists() {
+                continue;
+            }
+            let runs = state.join("index").join(day);
+            let indexed = names_in(&runs)
+                .iter()
+                .filter(|n| n.ends_with(".run"))
+                .any(|run| {
+                    consent_drop::index::Run::open(&runs.join(run))
+                        .is_ok_and(|(run, _)| run.occurrences.iter().any(|occ| occ.trim() == id))
+                });
+            if !indexed {
+                return Err(format!(
+                    "{} is archived as {}, but no run of index/{} holds its occurrence {id}",
+                    SITES[site],
+                    archived.display(),
+                    day.to_string_lossy()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Events of the complete NDJSON files, by e-mail (how many times).
     /// A file already read is read again only if its length changed.
     fn outbox(&mut self) -> Result<HashMap<String, usize>, Violation> {
@@ -647,6 +699,8 @@ impl CrashRig {
     fn check_after_cut(&mut self, finished: bool) -> Result<(), Violation> {
         let journals = [self.journal(HTTP)?, self.journal(FILE)?];
         self.check_file_cursors(&journals[FILE])?;
+        self.check_index(HTTP)?;
+        self.check_index(FILE)?;
         let places = self.places();
         let outbox = self.outbox()?;
         let new = self.api.server.events_since(self.server_seen);
