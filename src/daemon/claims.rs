@@ -57,10 +57,15 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
     let destination = ctx.dirs.processing_path(&id, &name);
     let moved = {
         let (source, destination) = (source.clone(), destination.clone());
-        tokio::task::spawn_blocking(move || claim::claim_move_unsynced(&source, &destination)).await
+        tokio::task::spawn_blocking(move || {
+            let size = std::fs::symlink_metadata(&source).map_or(u64::MAX, |meta| meta.len());
+            claim::claim_move_unsynced(&source, &destination).map(|()| size)
+        })
+        .await
     };
-    match moved {
-        Ok(Ok(())) => {}
+    // A small file's events are soon there: small requests wait for them.
+    let coming = match moved {
+        Ok(Ok(size)) => pipeline::coming(&ctx, &work, &name, size),
         Ok(Err(err)) => {
             // If the file is still there, our side failed (full disk,
             // permissions) and the next rescan finds it again.
@@ -73,7 +78,7 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
             tracing::error!(file = %name, %err, "the claim stopped unexpectedly");
             return TaskEnd::NotClaimed(id);
         }
-    }
+    };
     if let Err(err) = ctx.dir_sync.sync_dirs_of(&[&destination, &source]).await {
         tracing::error!(file = %name, %err, "claimed, but the folders could not be synced: it is adopted at the next start");
         return TaskEnd::NotClaimed(id);
@@ -97,7 +102,7 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
     }
     ctx.counters.files_claimed.fetch_add(1, Ordering::Relaxed);
     tracing::info!(occurrence = %id, import = %work.import.name, file = %name, "claimed");
-    let result = pipeline::process(&ctx, &work).await;
+    let result = pipeline::process_coming(&ctx, &work, coming).await;
     TaskEnd::Processed(work, Box::new(result))
 }
 

@@ -192,9 +192,9 @@ enum Step {
 }
 
 /// Plain files up to this size tell the sink they are coming from their
-/// fingerprint on (their validation takes milliseconds), so that the events
-/// of many small files share requests; larger or compressed ones (whose
-/// content may be far larger) from their validation's end.
+/// claim (or fingerprint) on: their validation takes milliseconds, so that
+/// the events of many small files share requests; larger or compressed
+/// ones (whose content may be far larger) from their validation's end.
 const SMALL_FILE_BYTES: u64 = 1 << 20;
 
 const STEPS: [Step; 4] = [
@@ -243,7 +243,29 @@ struct FileRun<'a> {
 
 /// Runs one occurrence to its end (or to shutdown).
 pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError> {
+    process_coming(ctx, work, None).await
+}
+
+/// A small plain file of `size` bytes is being claimed for `work`: until the
+/// guard is dropped (by [`process_coming`], at its delivery), requests of its
+/// destination that are not full wait for its events. None for other files.
+pub fn coming(ctx: &Context, work: &Work, file_name: &str, size: u64) -> Option<Coming> {
+    let plain = unpack::Packing::of(file_name) == unpack::Packing::Plain;
+    let import = &work.import;
+    (plain && size <= SMALL_FILE_BYTES).then(|| {
+        ctx.sink
+            .coming(import.organization(), import.disable_integrations)
+    })
+}
+
+/// [`process`], for a file announced by [`coming`] when it was claimed.
+pub async fn process_coming(
+    ctx: &Context,
+    work: &Work,
+    coming: Option<Coming>,
+) -> Result<Report, PipelineError> {
     let mut run = FileRun::load(ctx, work)?;
+    run.coming = coming;
     for step in STEPS {
         let flow = match step {
             Step::Fingerprint => run.fingerprint().await?,
@@ -335,7 +357,7 @@ impl<'a> FileRun<'a> {
         self.report.sha256 = Some(fingerprint.sha256.clone());
         self.report.size = Some(fingerprint.size);
         let plain = unpack::Packing::of(&self.occurrence.file_name) == unpack::Packing::Plain;
-        if plain && fingerprint.size <= SMALL_FILE_BYTES {
+        if self.coming.is_none() && plain && fingerprint.size <= SMALL_FILE_BYTES {
             // Its validation is short: small requests may wait for it.
             self.coming = Some(self.coming_to_sink());
         }
