@@ -11,13 +11,14 @@
 //! batch_size ..`, and the journal's per-file progress means what it meant.
 //!
 //! When a request goes, without a timer: when a concurrency slot is free,
-//! and the queue holds a full request, or no delivery of this destination
-//! is producing (waiting for its next batch from its reader). A delivery
-//! that produces hands over, within the time it takes to read one batch,
-//! either a full batch (the queue then holds a full request) or its last
-//! one (and stops producing), so nothing is held longer than one batch's
-//! reading. A delivery waiting for acks, finished or dropped holds nothing
-//! back; a file alone goes out at once.
+//! and the queue holds a full request, or nothing of this destination is
+//! producing: no delivery waits for its next batch from its reader, and no
+//! file announced as coming (from its claim, see `Sink::coming`) has yet
+//! to open its delivery. Each of them, after steps that never wait on the
+//! sink (reading, journal commits, fsyncs), hands over a full batch (the
+//! queue then holds a full request) or its last one, or stops counting. A
+//! delivery waiting for acks, finished or dropped holds nothing back; a
+//! file alone goes out at once.
 //!
 //! Never: acknowledge a slice before every part of it is answered; answer a
 //! slice twice; put the slice of a stopped delivery into a request.
