@@ -53,21 +53,8 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
     }
     let refusals = ctx.journal().refusals(&occurrence.id)?;
     let original_lines = match &fingerprint {
-        Some(fingerprint) if ending.delivered && present && !refusals.is_empty() => {
-            let refused: HashSet<u64> = refusals.iter().map(|refusal| refusal.line).collect();
-            let import = work.import.clone();
-            let path = occurrence.processing_path.clone();
-            let fingerprint = fingerprint.clone();
-            let read =
-                blocking(move || rejects::original_lines(&import, &path, &fingerprint, &refused))
-                    .await?;
-            read.unwrap_or_else(|err| {
-                tracing::warn!(
-                    occurrence = %occurrence.id,
-                    "cannot read the refused rows' original lines again: {err}; the rejects file names their line numbers only"
-                );
-                HashMap::new()
-            })
+        Some(print) if ending.delivered && present && !refusals.is_empty() => {
+            refused_lines(work, &occurrence, print, &refusals).await?
         }
         _ => HashMap::new(),
     };
@@ -78,15 +65,8 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
         0
     };
     report.finished_at = now_rfc3339();
-    let dir = match report.status {
-        Verdict::Archived | Verdict::Duplicate => ctx
-            .dirs
-            .archive
-            .join(Utc::now().format("%Y-%m-%d").to_string()),
-        _ => ctx.dirs.failed.clone(),
-    };
     let papers = Papers {
-        dir,
+        dir: outcome_dir(ctx, report.status),
         scratch: ctx.dirs.rejects_work_path(&occurrence.id),
         validation_rejects: counts.is_some_and(|counts| counts.rejected > 0),
         refusals,
@@ -118,16 +98,61 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
     }
 
     if present {
-        let (id, destination) = (occurrence.id.clone(), placement.file.clone());
-        ctx.record(move |journal| journal.record_outcome_path(&id, &destination))
-            .await?;
-        claim::rename(&occurrence.processing_path, &placement.file)?;
-        ctx.dir_sync
-            .sync_dirs_of(&[&placement.file, &occurrence.processing_path])
-            .await?;
+        move_to_outcome(ctx, &occurrence, &placement).await?;
     }
     record_outcome(ctx, &occurrence, &report).await?;
     Ok(report)
+}
+
+/// The original lines of the rows the API refused, read again from the
+/// claimed file (a failure costs the rejects file its lines, not the file).
+async fn refused_lines(
+    work: &Work,
+    occurrence: &Occurrence,
+    fingerprint: &Fingerprint,
+    refusals: &[Refusal],
+) -> Result<HashMap<u64, String>, PipelineError> {
+    let refused: HashSet<u64> = refusals.iter().map(|refusal| refusal.line).collect();
+    let import = work.import.clone();
+    let path = occurrence.processing_path.clone();
+    let fingerprint = fingerprint.clone();
+    let read =
+        blocking(move || rejects::original_lines(&import, &path, &fingerprint, &refused)).await?;
+    Ok(read.unwrap_or_else(|err| {
+        tracing::warn!(
+            occurrence = %occurrence.id,
+            "cannot read the refused rows' original lines again: {err}; the rejects file names their line numbers only"
+        );
+        HashMap::new()
+    }))
+}
+
+/// The destination is committed before the file moves, so that a crash
+/// mid-move is settled at start; both folders are synced after.
+async fn move_to_outcome(
+    ctx: &Context,
+    occurrence: &Occurrence,
+    placement: &Placement,
+) -> Result<(), PipelineError> {
+    let (id, destination) = (occurrence.id.clone(), placement.file.clone());
+    ctx.record(move |journal| journal.record_outcome_path(&id, &destination))
+        .await?;
+    claim::rename(&occurrence.processing_path, &placement.file)?;
+    ctx.dir_sync
+        .sync_dirs_of(&[&placement.file, &occurrence.processing_path])
+        .await?;
+    Ok(())
+}
+
+/// `archive/<today>/` for an archived or duplicate file, else `failed/`.
+fn outcome_dir(ctx: &Context, status: Verdict) -> PathBuf {
+    match status {
+        Verdict::Archived | Verdict::Duplicate => ctx
+            .dirs
+            .archive
+            .join(Utc::now().format("%Y-%m-%d").to_string()),
+        _ => ctx.dirs.failed.clone(),
+    }
 }
 
 /// The archive day of an outcome folder (`archive/YYYY-MM-DD`).
