@@ -13,7 +13,7 @@
 //! allocates per record once its buffers have grown to the longest one.
 use std::sync::OnceLock;
 
-use super::rules::Fields;
+use super::rules::{may_contain_control, Fields};
 use super::split::{unquote, Span};
 use super::{RejectReason, ResolvedEncoding};
 
@@ -179,6 +179,12 @@ impl Fields for Decoded {
     fn field(&self, index: usize) -> Option<(&str, bool)> {
         let field = *self.fields.get(index)?;
         Some((self.text_of(field), field.quoted))
+    }
+
+    /// Every field is in the record's text or in `decoded`: one pass each.
+    fn may_hold_control(&self, allow_tab: bool) -> bool {
+        may_contain_control(self.record_text.as_bytes(), allow_tab)
+            || may_contain_control(self.decoded.as_bytes(), allow_tab)
     }
 }
 
