@@ -128,16 +128,18 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     assert!(acked > 0, "some batches were acknowledged before the kill");
 
     let daemon = site.start();
+    // The report is written just before the file leaves processing/.
     assert!(
-        wait_until(LONG, || site.reports("archive").len() == 1),
-        "log:\n{}",
+        wait_until(LONG, || site.reports("archive").len() == 1
+            && site.files_under("processing").is_empty()),
+        "processing/: {:?}; log:\n{}",
+        site.files_under("processing"),
         site.log()
     );
     let events = site.outbox_events();
     assert_eq!(events.len(), rows, "no event lost, none written twice");
     assert_eq!(ids(&events).len(), rows);
     assert!(site.log().contains("resuming"), "log:\n{}", site.log());
-    assert!(site.files_under("processing").is_empty());
     daemon.stop_cleanly();
 }
 
