@@ -15,170 +15,30 @@
 //! ([`crate::commit`]): a step waits until what it recorded is durable, and
 //! the files in flight share the transactions and fsyncs.
 
+mod context;
 mod deliver;
 mod finish;
 mod produce;
 mod rejects;
+mod report;
 
+pub use context::{Context, Counters, PipelineError};
 pub use finish::settle_moved;
+pub use report::{now_rfc3339, Report, Verdict, Work};
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use chrono::{SecondsFormat, Utc};
-use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-
-use crate::claim::{ClaimError, Fingerprint, StateDirs};
-use crate::commit::{DirSync, JournalWriter};
+use crate::claim::Fingerprint;
 use crate::config::Import;
-use crate::journal::{Journal, JournalError, Occurrence, Status, Validated};
+use crate::journal::{Occurrence, Status, Validated};
 use crate::parse::{ResolvedEncoding, RowReader};
-use crate::sink::{Coming, DeliveryTarget, Sink, SinkError};
+use crate::sink::{Coming, DeliveryTarget};
 use crate::unpack;
 
 use self::rejects::{Counts, ValidateError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error(transparent)]
-    State(#[from] ClaimError),
-    #[error("delivery failed: {0}")]
-    Sink(#[from] SinkError),
-    #[error("occurrence {0} is not in the journal")]
-    UnknownOccurrence(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("a worker thread stopped unexpectedly: {0}")]
-    Worker(String),
-    #[error(transparent)]
-    Index(#[from] crate::index::IndexError),
-}
-
-pub use crate::metrics::Counters;
-
-/// What every file's processing shares.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub dirs: StateDirs,
-    /// For reads; writes go through `writer`.
-    pub journal: Arc<Mutex<Journal>>,
-    /// Journal writes, group-committed.
-    pub writer: JournalWriter,
-    /// Folder fsyncs after renames, grouped.
-    pub dir_sync: DirSync,
-    pub sink: Sink,
-    pub batch_size: usize,
-    pub shutdown: CancellationToken,
-    pub counters: Arc<Counters>,
-}
-
-impl Context {
-    /// Starts the group-commit threads of the journal and of folder fsyncs.
-    pub fn new(
-        dirs: StateDirs,
-        journal: Journal,
-        sink: Sink,
-        batch_size: usize,
-        shutdown: CancellationToken,
-        counters: Arc<Counters>,
-    ) -> Result<Context, PipelineError> {
-        let journal = Arc::new(Mutex::new(journal));
-        let thread_error = |source| PipelineError::Io {
-            path: dirs.root.clone(),
-            source,
-        };
-        Ok(Context {
-            writer: JournalWriter::start(journal.clone()).map_err(thread_error)?,
-            dir_sync: DirSync::start().map_err(thread_error)?,
-            dirs,
-            journal,
-            sink,
-            batch_size,
-            shutdown,
-            counters,
-        })
-    }
-
-    /// Runs `op` in the next group transaction; returns once committed.
-    pub async fn record(
-        &self,
-        op: impl FnOnce(&mut Journal) -> Result<(), JournalError> + Send + 'static,
-    ) -> Result<(), PipelineError> {
-        Ok(self.writer.write(op).await?)
-    }
-
-    pub fn journal(&self) -> MutexGuard<'_, Journal> {
-        // A panic while holding the lock cannot leave SQLite half-written
-        // (transactions roll back), so a poisoned lock is still usable.
-        self.journal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// How a file ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Delivered (maybe with rejected rows) and archived.
-    Archived,
-    /// Too many rejected rows: nothing sent, moved to `failed/`.
-    Quarantined,
-    /// Unreadable: moved to `failed/`.
-    Failed,
-    /// Same content already imported: archived, nothing sent.
-    Duplicate,
-    /// Shutdown came first: the file waits in `processing/`.
-    Interrupted,
-}
-
-/// The `.report.json` beside every finished file.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub occurrence_id: String,
-    pub import: String,
-    /// The organization the events went to (the import's, else the sink's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub organization_id: Option<String>,
-    pub file_name: String,
-    pub sha256: Option<String>,
-    pub size: Option<u64>,
-    pub status: Verdict,
-    pub reason: Option<String>,
-    pub duplicate_of: Option<String>,
-    pub rows_accepted: u64,
-    pub rows_rejected: u64,
-    pub rows_refused: u64,
-    pub rows_delivered: u64,
-    pub batches: u64,
-    pub claimed_at: String,
-    pub finished_at: String,
-    pub validate_ms: u64,
-    pub deliver_ms: u64,
-    pub file: Option<PathBuf>,
-    pub rejects_file: Option<PathBuf>,
-}
-
-/// One claimed file.
-#[derive(Debug, Clone)]
-pub struct Work {
-    pub occurrence_id: String,
-    pub import: Arc<Import>,
-}
-
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
 
 /// The steps of a file's life, in order. Each either lets the file go on,
 /// ends it (the finish step then writes the report and moves it), or stops
