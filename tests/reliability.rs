@@ -294,7 +294,19 @@ fn crash_loop_kill_9_in_a_storm_to_the_api_resends_only_unacknowledged_batches()
         unrecorded += this_kill;
     }
     api.server.set_delay(Duration::ZERO);
+    let starts = site.log().matches("consent-drop is running").count();
     let mut daemon = site.start();
+    // Running (its signal handlers set) before it is asked to stop: the
+    // files may all be archived already.
+    assert!(
+        wait_until(LONG, || site
+            .log()
+            .matches("consent-drop is running")
+            .count()
+            > starts),
+        "log:\n{}",
+        site.log()
+    );
     assert!(
         wait_until(scaled_timeout((files * rows) as u64), || archived(&site)
             == files
@@ -302,9 +314,8 @@ fn crash_loop_kill_9_in_a_storm_to_the_api_resends_only_unacknowledged_batches()
         "every file archived after the last restart; log:\n{}",
         site.log()
     );
-    assert!(daemon
-        .terminate(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let total = files * rows;
     let duplicates = api.server.duplicates();
     eprintln!(
