@@ -407,12 +407,13 @@ fn percent_encode(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::SecretSource;
     use std::path::PathBuf;
 
-    fn settings() -> HttpSinkSettings {
+    /// Settings for the sink's unit tests (an API key that is never read).
+    pub(in crate::sink::http) fn settings() -> HttpSinkSettings {
         HttpSinkSettings {
             base_url: "https://api.test/v1".into(),
             organization_id: "my org/é".into(),

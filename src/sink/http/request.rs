@@ -492,31 +492,10 @@ fn jitter() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::settings;
     use super::*;
-    use crate::config::SecretSource;
     use crate::sink::Batch;
-    use std::path::PathBuf;
     use std::time::Duration;
-
-    fn settings() -> HttpSinkSettings {
-        HttpSinkSettings {
-            base_url: "https://api.test/v1".into(),
-            organization_id: "my org/é".into(),
-            credentials: Credentials::ApiKey {
-                key: "k".into(),
-                secret: SecretSource::File(PathBuf::from("/nonexistent")),
-            },
-            batch_size: 100,
-            concurrency: 4,
-            timeout: Duration::from_secs(30),
-            allow_insecure_http: false,
-            max_requests_per_second: None,
-            gzip: false,
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            auth_retry: Duration::from_secs(60),
-        }
-    }
 
     #[test]
     fn backoff_doubles_up_to_the_max_with_jitter() {
