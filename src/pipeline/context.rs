@@ -1,6 +1,11 @@
 //! What every file's steps share: the state folders, the journal (reads
 //! here, writes through group commit), the folder-fsync group, the sink and
 //! the counters; and the stage's error type. Never holds a file's own state.
+//!
+//! The steps' reads go through a connection of their own ([`Context::reader`]):
+//! the writer's connection is locked for a whole group transaction, fsync
+//! included, and an async worker must not wait for that (WAL readers see
+//! every committed write and never wait for the writer).
 
 use std::io;
 use std::path::PathBuf;
@@ -40,8 +45,11 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub dirs: StateDirs,
-    /// For reads; writes go through `writer`.
+    /// The connection group commit writes through (start-up writes, before
+    /// any file runs, use it directly).
     pub journal: Arc<Mutex<Journal>>,
+    /// A second connection, for the steps' reads while files are in flight.
+    reader: Arc<Mutex<Journal>>,
     /// Journal writes, group-committed.
     pub writer: JournalWriter,
     /// Folder fsyncs after renames, grouped.
@@ -62,12 +70,17 @@ impl Context {
         shutdown: CancellationToken,
         counters: Arc<Counters>,
     ) -> Result<Context, PipelineError> {
+        let reader = match journal.path().parent() {
+            Some(dir) => Journal::open(dir)?,
+            None => Journal::open(&dirs.root)?,
+        };
         let journal = Arc::new(Mutex::new(journal));
         let thread_error = |source| PipelineError::Io {
             path: dirs.root.clone(),
             source,
         };
         Ok(Context {
+            reader: Arc::new(Mutex::new(reader)),
             writer: JournalWriter::start(journal.clone()).map_err(thread_error)?,
             dir_sync: DirSync::start().map_err(thread_error)?,
             dirs,
@@ -88,10 +101,19 @@ impl Context {
     }
 
     pub fn journal(&self) -> MutexGuard<'_, Journal> {
-        // A panic while holding the lock cannot leave SQLite half-written
-        // (transactions roll back), so a poisoned lock is still usable.
-        self.journal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.journal)
     }
+
+    /// For reads while files are in flight: never waits for a group commit.
+    pub fn reader(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.reader)
+    }
+}
+
+fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
+    // A panic while holding the lock cannot leave SQLite half-written
+    // (transactions roll back), so a poisoned lock is still usable.
+    journal
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

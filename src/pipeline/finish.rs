@@ -51,7 +51,7 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
                 .to_string(),
         );
     }
-    let refusals = ctx.journal().refusals(&occurrence.id)?;
+    let refusals = ctx.reader().refusals(&occurrence.id)?;
     let original_lines = match &fingerprint {
         Some(print) if ending.delivered && present && !refusals.is_empty() => {
             refused_lines(work, &occurrence, print, &refusals).await?

@@ -151,7 +151,7 @@ pub async fn process_coming(
 impl<'a> FileRun<'a> {
     fn load(ctx: &'a Context, work: &'a Work) -> Result<FileRun<'a>, PipelineError> {
         let occurrence = ctx
-            .journal()
+            .reader()
             .get(&work.occurrence_id)?
             .ok_or_else(|| PipelineError::UnknownOccurrence(work.occurrence_id.clone()))?;
         let report = Report {
@@ -243,7 +243,7 @@ impl<'a> FileRun<'a> {
         }
         let earlier = self
             .ctx
-            .journal()
+            .reader()
             .find_same_content(sha256, &self.occurrence.id)?;
         let Some(earlier) = earlier else {
             return Ok(Flow::Next);
