@@ -12,12 +12,12 @@ use std::sync::atomic::Ordering;
 
 use tokio::task::JoinHandle;
 
-use super::produce::{self, Production};
+use super::produce::{self, Production, Run};
 use super::{Context, PipelineError, Work};
 use crate::claim::Fingerprint;
 use crate::index;
 use crate::journal::{JournalError, Occurrence};
-use crate::sink::{Ack, Batch, Coming, DeliveryTarget, Refusal, SinkError};
+use crate::sink::{Ack, Coming, DeliveryTarget, Refusal, SinkError};
 
 pub(super) struct DeliveryPlan {
     pub batch_size: u64,
@@ -41,7 +41,7 @@ pub(super) async fn deliver(
     plan: DeliveryPlan,
 ) -> Result<u64, PipelineError> {
     let mut delivery = ctx.sink.open(&plan.target, plan.cursor).await?;
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(4);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Run>(2);
     let producer = {
         let import = work.import.clone();
         let path = occurrence.processing_path.clone();
@@ -70,23 +70,25 @@ pub(super) async fn deliver(
     let mut progress = Progress::new(occurrence.id.clone(), plan.skip, plan.cursor);
     let mut interrupted = false;
     let mut coming = Some(plan.coming);
-    loop {
-        // Other files' events may wait for this batch to fill a request.
+    'runs: loop {
+        // Other files' events may wait for these batches to fill a request.
         delivery.producing();
         drop(coming.take());
-        let batch = tokio::select! {
+        let run = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => { interrupted = true; break; }
-            batch = receiver.recv() => batch,
+            run = receiver.recv() => run,
         };
-        let Some(batch) = batch else { break };
-        match delivery.send(batch).await {
-            Ok(acks) => progress.absorb(ctx, acks).await?,
-            Err(SinkError::Interrupted) => {
-                interrupted = true;
-                break;
+        let Some(run) = run else { break };
+        for batch in run {
+            match delivery.send(batch).await {
+                Ok(acks) => progress.absorb(ctx, acks).await?,
+                Err(SinkError::Interrupted) => {
+                    interrupted = true;
+                    break 'runs;
+                }
+                Err(err) => return Err(err.into()),
             }
-            Err(err) => return Err(err.into()),
         }
     }
     drop(receiver);

@@ -18,6 +18,13 @@ use crate::sink::Batch;
 /// Files with at most this many batches to send are read on one thread.
 const ONE_THREAD_BATCHES: u64 = 4;
 
+/// Batches that cross between threads together: one hand-over (and one
+/// thread wake-up) per batch cost about a tenth of a large file's CPU.
+const BLOCK_BATCHES: usize = 8;
+
+/// The batches of one block, in order, as they go to the delivery.
+pub(super) type Run = Vec<Batch>;
+
 /// What to read, and from where.
 pub(super) struct Production<'a> {
     pub import: &'a Import,
@@ -32,7 +39,7 @@ pub(super) struct Production<'a> {
 /// Sends the batches; `ids` records each event's id and line for the index.
 pub(super) fn produce(
     job: &Production<'_>,
-    sender: tokio::sync::mpsc::Sender<Batch>,
+    sender: tokio::sync::mpsc::Sender<Run>,
     ids: index::Recorder,
 ) -> Result<(), PipelineError> {
     if job.batches_total.saturating_sub(job.skip_batches) <= ONE_THREAD_BATCHES {
@@ -52,7 +59,7 @@ pub(super) fn produce(
 
 fn produce_on_one_thread(
     job: &Production<'_>,
-    sender: tokio::sync::mpsc::Sender<Batch>,
+    sender: tokio::sync::mpsc::Sender<Run>,
     mut ids: index::Recorder,
 ) -> Result<(), PipelineError> {
     let io_error = |source| PipelineError::Io {
@@ -81,7 +88,7 @@ fn produce_on_one_thread(
         if batch.len() as u64 == job.batch_size {
             let next = Batch::new(batch.seq + 1);
             if sender
-                .blocking_send(std::mem::replace(&mut batch, next))
+                .blocking_send(vec![std::mem::replace(&mut batch, next)])
                 .is_err()
             {
                 return Ok(()); // the delivery stopped (shutdown)
@@ -90,21 +97,22 @@ fn produce_on_one_thread(
     }
     ids.finish();
     if !batch.is_empty() {
-        let _ = sender.blocking_send(batch);
+        let _ = sender.blocking_send(vec![batch]);
     }
     Ok(())
 }
 
 /// The delivery pass on two threads, since parsing and building events cost
-/// about the same: this one reads rows into blocks of one batch each, a
-/// scoped thread turns each block into a batch of events, in order.
+/// about the same: this one reads rows into blocks of [`BLOCK_BATCHES`]
+/// batches each, a scoped thread turns each block into batches of events,
+/// in order.
 fn produce_batches(
     import: &Import,
     path: &Path,
     file_name: &str,
     fingerprint: &Fingerprint,
     (batch_size, skip_batches): (u64, u64),
-    sender: tokio::sync::mpsc::Sender<Batch>,
+    sender: tokio::sync::mpsc::Sender<Run>,
     mut ids: index::Recorder,
 ) -> Result<(), PipelineError> {
     let io_error = |source| PipelineError::Io {
@@ -117,17 +125,24 @@ fn produce_batches(
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut writer = EventWriter::new(import, file_name, &fingerprint.sha256);
-            for (seq, block) in (skip_batches..).zip(received) {
-                let mut batch = Batch::new(seq);
-                batch
-                    .buf
-                    .reserve(block.text.len() * 3 + 512 * block.rows.len());
-                for row in block.rows() {
-                    batch.push_with(row.line, |out| {
-                        ids.record(&writer.write(&row, out), row.line);
-                    });
+            let mut seq = skip_batches;
+            for block in received {
+                let mut run = Vec::with_capacity(BLOCK_BATCHES);
+                let mut rows = block.rows().peekable();
+                while rows.peek().is_some() {
+                    let mut batch = Batch::new(seq);
+                    seq += 1;
+                    batch
+                        .buf
+                        .reserve(block.text.len() / BLOCK_BATCHES * 3 + 51_200);
+                    for row in rows.by_ref().take(batch_size as usize) {
+                        batch.push_with(row.line, |out| {
+                            ids.record(&writer.write(&row, out), row.line);
+                        });
+                    }
+                    run.push(batch);
                 }
-                if sender.blocking_send(batch).is_err() {
+                if sender.blocking_send(run).is_err() {
                     return; // the delivery stopped (shutdown)
                 }
             }
@@ -135,6 +150,7 @@ fn produce_batches(
         });
         // Owned here, so that the event thread sees the end when this returns.
         let blocks = blocks;
+        let rows_per_block = batch_size.saturating_mul(BLOCK_BATCHES as u64);
         let mut accepted = 0u64;
         let mut block = RowBlock::default();
         loop {
@@ -149,7 +165,7 @@ fn produce_batches(
                 continue;
             }
             block.push(&row);
-            if block.rows.len() as u64 == batch_size
+            if block.rows.len() as u64 == rows_per_block
                 && blocks.send(std::mem::take(&mut block)).is_err()
             {
                 return Ok(()); // the delivery stopped (shutdown)
@@ -162,8 +178,8 @@ fn produce_batches(
     })
 }
 
-/// The rows of one batch, owned, to cross from the reader thread to the
-/// event thread: the text of every field back to back.
+/// The rows of [`BLOCK_BATCHES`] batches, owned, to cross from the reader
+/// thread to the event thread: the text of every field back to back.
 #[derive(Debug, Default)]
 struct RowBlock {
     text: String,
