@@ -230,6 +230,16 @@ fn i64_text(value: i64, buf: &mut [u8; DIGITS]) -> &[u8] {
 pub fn write_json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
+    // Most texts need no escape: one pass without an early exit (so that it
+    // vectorises) says so, and they are copied whole.
+    let needs_escape = bytes.iter().fold(false, |seen, &byte| {
+        seen | (byte < 0x20) | (byte == b'"') | (byte == b'\\')
+    });
+    if !needs_escape {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate() {
         let escape: &[u8] = match byte {

@@ -67,12 +67,12 @@ impl Decoded {
         // single-byte encoding): its fields are then plain slices of it.
         self.record_text.clear();
         let in_place = if encoding.splits_utf8() {
-            match std::str::from_utf8(record) {
-                Ok(text) => self.record_text.push_str(text),
-                Err(_) if encoding == ResolvedEncoding::Utf8 => {
+            match as_utf8(record) {
+                Some(text) => self.record_text.push_str(text),
+                None if encoding == ResolvedEncoding::Utf8 => {
                     return Err(RejectReason::InvalidUtf8)
                 }
-                Err(_) => return Err(RejectReason::InvalidUtf16),
+                None => return Err(RejectReason::InvalidUtf16),
             }
             true
         } else if record.is_ascii() {
@@ -185,6 +185,16 @@ impl Fields for Decoded {
     fn may_hold_control(&self, allow_tab: bool) -> bool {
         may_contain_control(self.record_text.as_bytes(), allow_tab)
             || may_contain_control(self.decoded.as_bytes(), allow_tab)
+    }
+}
+
+/// `bytes` as text when they are UTF-8: encoding_rs checks a record with
+/// SIMD, several times quicker than `std::str::from_utf8` on text with
+/// accents (which was a twentieth of an import's CPU).
+fn as_utf8(bytes: &[u8]) -> Option<&str> {
+    match encoding_rs::UTF_8.decode_without_bom_handling_and_without_replacement(bytes) {
+        Some(std::borrow::Cow::Borrowed(text)) => Some(text),
+        _ => None,
     }
 }
 

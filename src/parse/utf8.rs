@@ -54,20 +54,20 @@ impl Utf8Probe {
             }
             self.pending_len = 0;
         }
-        if let Err(err) = std::str::from_utf8(rest) {
-            match err.error_len() {
-                Some(_) => self.valid = false,
-                None => {
-                    // A valid but incomplete sequence at the end of the chunk.
-                    let tail = rest.get(err.valid_up_to()..).unwrap_or(&[]);
-                    if tail.len() > 3 {
-                        self.valid = false;
-                        return;
-                    }
-                    self.pending[..tail.len()].copy_from_slice(tail);
-                    self.pending_len = tail.len();
-                }
+        // encoding_rs checks with SIMD, several times quicker than the standard library.
+        let tail = rest
+            .get(encoding_rs::Encoding::utf8_valid_up_to(rest)..)
+            .unwrap_or(&[]);
+        if tail.is_empty() {
+            return;
+        }
+        match std::str::from_utf8(tail) {
+            // A valid but incomplete sequence at the end of the chunk.
+            Err(err) if err.error_len().is_none() && tail.len() <= 3 => {
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.pending_len = tail.len();
             }
+            _ => self.valid = false,
         }
     }
 
