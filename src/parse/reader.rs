@@ -53,6 +53,37 @@ impl<'f, R: Read> RowReader<'f, R> {
         }
     }
 
+    /// Reads the rest of a file from a record boundary: no header and no
+    /// byte-order mark there, and the lines numbered after `lines_before`.
+    /// The boundary is the caller's to prove, with [`RowReader::position`]
+    /// of a reader of what comes before it.
+    pub fn continuing(
+        input: R,
+        format: &'f RowFormat,
+        encoding: ResolvedEncoding,
+        lines_before: u64,
+    ) -> Self {
+        let split = Splitter::new(format.separator.byte(), format.max_row_bytes);
+        let mut records = Records::new(encoding.input(input), split, false);
+        records.set_lines(lines_before);
+        RowReader {
+            format,
+            encoding,
+            records,
+            decoded: Decoded::new(),
+            rules: Rules::new(format),
+            first: false,
+            done: false,
+        }
+    }
+
+    /// Line endings read so far, and whether the record read last was ended
+    /// by the end of the input (a quote or an over-long record still open
+    /// there) rather than by a line ending.
+    pub fn position(&self) -> (u64, bool) {
+        self.records.position()
+    }
+
     /// The next row or reject; `None` at the end of the file. Blank lines and
     /// a header are skipped.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, ParseError> {

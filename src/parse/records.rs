@@ -39,6 +39,8 @@ pub(super) struct Records<R: Read> {
     line: u64,
     /// The last byte consumed was a CR.
     prev_cr: bool,
+    /// The record read last was ended by the end of the input, not by a line ending.
+    ended_by_eof: bool,
     rec: Rec,
     /// The first `max_row_bytes` of a record that is too long.
     long_raw: Vec<u8>,
@@ -57,6 +59,7 @@ impl<R: Read> Records<R> {
             eof: false,
             line: 0,
             prev_cr: false,
+            ended_by_eof: false,
             rec: Rec::new(),
             long_raw: Vec::new(),
         }
@@ -93,6 +96,17 @@ impl<R: Read> Records<R> {
         }
     }
 
+    /// Line endings consumed so far, and whether the record read last was
+    /// ended by the end of the input rather than by a line ending.
+    pub(super) fn position(&self) -> (u64, bool) {
+        (self.line, self.ended_by_eof)
+    }
+
+    /// Numbers the lines that follow after `lines`.
+    pub(super) fn set_lines(&mut self, lines: u64) {
+        self.line = lines;
+    }
+
     /// Bytes held by the buffers, to check that memory stays bounded.
     pub(super) fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -119,6 +133,7 @@ impl<R: Read> Records<R> {
             break;
         }
         self.rec.reset(self.pos, self.line + 1);
+        self.ended_by_eof = false;
         loop {
             // The splitter never sees past `max_row_bytes` + 1 bytes, so where
             // a too-long record ends never depends on how much was read.
@@ -137,6 +152,7 @@ impl<R: Read> Records<R> {
                     self.rec.start = 0;
                     if !self.fill(start)? {
                         // The end of the file ends the record.
+                        self.ended_by_eof = true;
                         self.rec.scan = self.end;
                         self.pos = self.end;
                         self.rec.end_record(&self.split);
@@ -232,6 +248,7 @@ impl<R: Read> Records<R> {
             self.pos = self.end;
             if !self.fill(self.end)? {
                 self.pos = 0;
+                self.ended_by_eof = true;
                 break;
             }
             self.pos = 0;
