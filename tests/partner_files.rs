@@ -560,3 +560,36 @@ fn a_quarantine_report_and_the_daemon_log_name_the_cause() {
     }
     daemon.stop_cleanly();
 }
+
+#[test]
+fn attach_row_proof_holds_each_rows_own_text_in_a_large_file() {
+    use base64::Engine;
+    let doc = ConfigDoc::of(IMPORTS);
+    let site = Site::new(&doc.set("import[0].attach_row_proof", true).text());
+    // Far more rows than the few batches a small file's single thread reads.
+    let file = site.path("form-export-proofs.csv");
+    site.command()
+        .args(["sample", "--import", "forms", "--rows", "1500", "-o"])
+        .arg(&file)
+        .arg("-c")
+        .arg(&site.config)
+        .assert()
+        .code(0);
+    let text = std::fs::read_to_string(&file).expect("sample");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(site.import(&file).status.code(), Some(0));
+    let events = site.outbox_events();
+    assert_eq!(events.len(), 1500);
+    for event in &events {
+        let line = event["metadata"]["source_line"].as_u64().expect("line") as usize;
+        let uri = event["proofs"][0].as_str().unwrap_or_default();
+        let proof = base64::engine::general_purpose::STANDARD
+            .decode(uri.rsplit(',').next().unwrap_or_default())
+            .expect("base64");
+        assert_eq!(
+            String::from_utf8(proof).expect("UTF-8"),
+            lines[line - 1],
+            "line {line}"
+        );
+    }
+}

@@ -164,7 +164,7 @@ fn produce_batches(
             if accepted <= skip_rows {
                 continue;
             }
-            block.push(&row);
+            block.push(&row, import.attach_row_proof);
             if block.rows.len() as u64 == rows_per_block
                 && blocks.send(std::mem::take(&mut block)).is_err()
             {
@@ -197,7 +197,8 @@ struct BlockRow {
 }
 
 impl RowBlock {
-    fn push(&mut self, row: &crate::parse::Row<'_>) {
+    /// Adds a row; its raw bytes only when the event attaches them.
+    fn push(&mut self, row: &crate::parse::Row<'_>, with_raw: bool) {
         let mut ends = [0; 4];
         for (end, field) in
             ends.iter_mut()
@@ -206,7 +207,9 @@ impl RowBlock {
             self.text.push_str(field);
             *end = self.text.len();
         }
-        self.raw.extend_from_slice(row.raw);
+        if with_raw {
+            self.raw.extend_from_slice(row.raw);
+        }
         self.rows.push(BlockRow {
             line: row.line,
             instant: row.instant,
