@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::request::Payload;
+use super::body::Payload;
 use super::{ratelimit, session, Destination, Shared};
 
 /// Longest API message kept in a refusal or a log line, in characters.
@@ -61,7 +61,7 @@ async fn post_once(
     if body.gzipped {
         request = request.header(CONTENT_ENCODING, "gzip");
     }
-    let sent = request.body(body.bytes.clone()).send().await;
+    let sent = request.body(body.body()).send().await;
     let response = match sent {
         Ok(response) => response,
         Err(err) => {

@@ -20,6 +20,7 @@
 //! without a delay; give up on a batch except on shutdown.
 
 mod answer;
+mod body;
 mod delivery;
 mod gate;
 pub mod purposes;

@@ -5,17 +5,14 @@
 //! more slices ([`super::share`]); each refused event is mapped back to its
 //! slice, so each file's ack holds exactly its own refused lines.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{post, Answer};
+use super::body::{Json, Payload};
 use super::gate::Turn;
 use super::session::TokenError;
 use super::share::{Origin, Part};
@@ -59,24 +56,19 @@ impl Request {
         (part, self.parts[part].start + index - self.starts[part])
     }
 
-    fn event(&self, index: usize) -> &[u8] {
-        let (part, at) = self.locate(index);
-        self.parts[part].slice.batch.event(at)
-    }
-
-    /// `[` + events `start..end` joined by `,` + `]`.
-    fn body(&self, start: usize, end: usize) -> Vec<u8> {
-        let size: usize = (start..end).map(|i| self.event(i).len() + 1).sum();
-        let mut body = Vec::with_capacity(size + 2);
-        body.push(b'[');
-        for index in start..end {
-            if index > start {
-                body.push(b',');
-            }
-            body.extend_from_slice(self.event(index));
+    /// `[` + events `start..end` joined by `,` + `]`, as runs of the
+    /// batches' own buffers.
+    fn body(&self, start: usize, end: usize) -> Json {
+        let mut json = Json::default();
+        let mut index = start;
+        while index < end {
+            let (part, at) = self.locate(index);
+            let part = &self.parts[part];
+            let count = (part.end - at).min(end - index);
+            json.push(&part.slice.batch, at, at + count);
+            index += count;
         }
-        body.push(b']');
-        body
+        json.finish()
     }
 
     /// `batch 3` for a whole batch alone, else what the request holds; and
@@ -118,7 +110,7 @@ impl Request {
         let mut per_part: Vec<Vec<Refusal>> = self.parts.iter().map(|_| Vec::new()).collect();
         for (index, message) in refused {
             let (part, at) = self.locate(index);
-            let line = self.parts[part].slice.batch.events[at].line;
+            let line = self.parts[part].slice.batch.line(at);
             per_part[part].push(Refusal { line, message });
         }
         for (part, refused) in self.parts.iter().zip(per_part) {
@@ -136,7 +128,6 @@ impl Request {
     /// Cancelled once every delivery with a part in this request has
     /// stopped (all of them at shutdown): nobody waits for it any more.
     fn abandoned(&self) -> CancellationToken {
-        let token = CancellationToken::new();
         let mut origins: Vec<Arc<Origin>> = Vec::new();
         for part in &self.parts {
             if !origins
@@ -146,6 +137,7 @@ impl Request {
                 origins.push(part.slice.origin.clone());
             }
         }
+        let token = CancellationToken::new();
         let watch = token.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -189,7 +181,7 @@ pub(super) async fn deliver_request(
             Ok(Outcome::Refused(message)) if end - start == 1 => {
                 let (part, at) = request.locate(start);
                 let slice = &request.parts[part].slice;
-                let line = slice.batch.events[at].line;
+                let line = slice.batch.line(at);
                 tracing::warn!(
                     import = %slice.origin.import,
                     occurrence = %slice.origin.occurrence,
@@ -221,38 +213,6 @@ struct Group<'a> {
     end: usize,
 }
 
-/// A request body as it goes on the wire.
-pub(super) struct Payload {
-    /// Shared, so that every attempt sends it without a copy.
-    pub(super) bytes: Bytes,
-    pub(super) gzipped: bool,
-}
-
-/// The JSON body, gzip-compressed when the config asks for it. The fastest
-/// level: JSON events still shrink several-fold, and the CPU is better spent
-/// reading the next rows.
-fn payload(json: Vec<u8>, gzip: bool) -> Payload {
-    if !gzip {
-        return Payload {
-            bytes: json.into(),
-            gzipped: false,
-        };
-    }
-    let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
-    match encoder.write_all(&json).and_then(|()| encoder.finish()) {
-        Ok(bytes) => Payload {
-            bytes: bytes.into(),
-            gzipped: true,
-        },
-        // Compressing into memory does not fail; if it ever did, the plain
-        // body is still a correct request.
-        Err(_) => Payload {
-            bytes: json.into(),
-            gzipped: false,
-        },
-    }
-}
-
 /// What to do after one attempt.
 enum Step {
     Done(Outcome),
@@ -280,7 +240,7 @@ async fn deliver_group(
     permit: &mut Option<OwnedSemaphorePermit>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, SinkError> {
-    let body = payload(
+    let body = Payload::new(
         group.request.body(group.start, group.end),
         shared.settings.gzip,
     );
@@ -535,11 +495,12 @@ mod tests {
         let request = Request::new(vec![a, b]);
         assert_eq!(request.len(), 4);
         assert_eq!(
-            request.body(0, 4),
+            request.body(0, 4).to_vec(),
             br#"[{"id":2},{"id":3},{"id":4},{"id":5}]"#
         );
-        assert_eq!(request.body(1, 3), br#"[{"id":3},{"id":4}]"#);
-        assert_eq!(request.body(3, 4), br#"[{"id":5}]"#);
+        assert_eq!(request.body(1, 3).to_vec(), br#"[{"id":3},{"id":4}]"#);
+        assert_eq!(request.body(3, 4).to_vec(), br#"[{"id":5}]"#);
+        assert_eq!(request.body(0, 1).to_vec(), br#"[{"id":2}]"#);
     }
 
     #[test]
@@ -565,26 +526,5 @@ mod tests {
                 message: "bad b".into()
             }]
         );
-    }
-
-    #[test]
-    fn gzip_bodies_decompress_to_the_same_json() {
-        use std::io::Read;
-        let json = br#"[{"id":1},{"id":2}]"#.repeat(50);
-        let plain = payload(json.clone(), false);
-        assert!(!plain.gzipped);
-        assert_eq!(plain.bytes, json);
-        let gzipped = payload(json.clone(), true);
-        assert!(gzipped.gzipped);
-        assert!(
-            gzipped.bytes.len() < json.len() / 4,
-            "{}",
-            gzipped.bytes.len()
-        );
-        let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(&gzipped.bytes[..])
-            .read_to_end(&mut decoded)
-            .expect("valid gzip");
-        assert_eq!(decoded, json);
     }
 }

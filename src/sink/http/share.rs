@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::body::Events;
 use crate::sink::{Ack, Batch, Refusal, SinkError};
 
 /// The answer for one slice: its ack, or why there is none.
@@ -50,7 +51,7 @@ pub(super) struct Origin {
 /// One batch of one delivery, from the queue to its ack.
 pub(super) struct Slice {
     pub origin: Arc<Origin>,
-    pub batch: Batch,
+    pub batch: Events,
     state: Mutex<SliceState>,
 }
 
@@ -68,7 +69,7 @@ impl Slice {
         let (sender, receiver) = oneshot::channel();
         let slice = Arc::new(Slice {
             origin,
-            batch,
+            batch: Events::new(batch),
             state: Mutex::new(SliceState {
                 open_parts: 0,
                 all_taken: false,
