@@ -137,6 +137,10 @@ impl Request {
                 origins.push(part.slice.origin.clone());
             }
         }
+        if let [origin] = origins.as_slice() {
+            // One file's request (the common case): no watcher task.
+            return origin.cancel.child_token();
+        }
         let token = CancellationToken::new();
         let watch = token.clone();
         tokio::spawn(async move {
@@ -163,7 +167,7 @@ pub(super) async fn deliver_request(
     permit: OwnedSemaphorePermit,
 ) {
     let cancel = request.abandoned();
-    // The watcher ends with the request.
+    // The watcher (of a request of several files) ends with the request.
     let _stop_watching = cancel.clone().drop_guard();
     let mut permit = Some(permit);
     let mut refused = Vec::new();
@@ -526,5 +530,28 @@ mod tests {
                 message: "bad b".into()
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_is_abandoned_once_every_file_in_it_stopped() {
+        let (a, b) = (origin("a"), origin("b"));
+        let (one, _) = Part::alone(a.clone(), batch(0, &[(2, 1)]), 0, 1);
+        let alone = Request::new(vec![one]).abandoned();
+        // The request ending does not stop its file.
+        alone.cancel();
+        assert!(!a.cancel.is_cancelled());
+        let alone =
+            Request::new(vec![Part::alone(a.clone(), batch(1, &[(3, 2)]), 0, 1).0]).abandoned();
+        let (of_a, _) = Part::alone(a.clone(), batch(2, &[(4, 3)]), 0, 1);
+        let (of_b, _) = Part::alone(b.clone(), batch(0, &[(2, 4)]), 0, 1);
+        let shared = Request::new(vec![of_a, of_b]).abandoned();
+        a.cancel.cancel();
+        assert!(alone.is_cancelled());
+        tokio::task::yield_now().await;
+        assert!(!shared.is_cancelled(), "b still waits for its part");
+        b.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), shared.cancelled())
+            .await
+            .expect("abandoned once both stopped");
     }
 }
