@@ -341,16 +341,16 @@ fn text_at<F: Fields + ?Sized>(fields: &F, index: usize) -> &str {
 /// Whether UTF-8 `bytes` may hold a control character (C0, DEL or C1).
 pub(super) fn may_contain_control(bytes: &[u8], allow_tab: bool) -> bool {
     let tab = if allow_tab { b'\t' } else { 0xFF };
-    // No early exit, so these folds vectorise.
-    let c0 = bytes.iter().fold(0u8, |seen, &b| {
-        seen | (u8::from(b < 0x20) & u8::from(b != tab)) | u8::from(b == 0x7F)
+    // One pass without an early exit, so that it vectorises: bit 0 for a C0
+    // control or DEL, bit 1 for a C2 byte.
+    let seen = bytes.iter().fold(0u8, |seen, &b| {
+        seen | (u8::from(b < 0x20) & u8::from(b != tab))
+            | u8::from(b == 0x7F)
+            | (u8::from(b == 0xC2) << 1)
     });
-    let c2 = bytes
-        .iter()
-        .fold(0u8, |seen, &b| seen | u8::from(b == 0xC2));
     // C1 controls are C2 80..C2 9F; other C2 sequences (« ° ©) are common.
-    c0 != 0
-        || (c2 != 0
+    seen & 1 != 0
+        || (seen & 2 != 0
             && bytes
                 .windows(2)
                 .any(|pair| pair[0] == 0xC2 && (0x80..=0x9F).contains(&pair[1])))
@@ -463,6 +463,26 @@ mod tests {
 
     const DATE: &str = "03/06/2020 23:28:55";
     const INSTANT: &str = "2020-06-03T21:28:55+00:00";
+
+    #[test]
+    fn controls_are_seen_and_common_c2_sequences_are_not() {
+        for (text, allow_tab, want) in [
+            ("plain text, é ’ —", false, false),
+            ("« 20 ° » ©", false, false),
+            ("bell\u{7}", false, true),
+            ("tab\there", false, true),
+            ("tab\there", true, false),
+            ("del\u{7f}", false, true),
+            ("next line\u{85}", false, true),
+            ("\u{9f}", true, true),
+        ] {
+            assert_eq!(
+                may_contain_control(text.as_bytes(), allow_tab),
+                want,
+                "{text:?} allow_tab={allow_tab}"
+            );
+        }
+    }
 
     #[test]
     fn a_valid_row_gives_its_parts() {
