@@ -556,6 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn cached_offsets_agree_with_chrono_in_any_order() {
+        let format = DateFormat::new("yyyy-MM-dd HH:mm:ss").unwrap();
+        for tz in [chrono_tz::Europe::Paris, chrono_tz::Australia::Lord_Howe] {
+            let mut cache = ZoneCache::new();
+            // Seconds of 2026 in a scrambled order (a stride prime to the year).
+            let year = 365 * 86_400_i64;
+            let start = utc(2026, 1, 1, 0, 0, 0);
+            for step in 0..20_000_i64 {
+                let t = start + chrono::Duration::seconds((step * 1_000_003) % year);
+                let local = t.with_timezone(&tz).naive_local();
+                let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
+                let want = match tz.from_local_datetime(&local) {
+                    LocalResult::Single(x) => x.with_timezone(&Utc),
+                    LocalResult::Ambiguous(a, b) => {
+                        a.with_timezone(&Utc).min(b.with_timezone(&Utc))
+                    }
+                    LocalResult::None => unreachable!(),
+                };
+                assert_eq!(
+                    format.parse_cached(&text, tz, &mut cache),
+                    Ok(want),
+                    "{tz} {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn quoted_text_in_a_token_pattern_is_literal() {
         let format = DateFormat::new("yyyy-MM-dd'T'HH:mm:ss").unwrap();
         assert_eq!(

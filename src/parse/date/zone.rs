@@ -18,6 +18,8 @@ use crate::parse::shown;
 pub(crate) struct ZoneCache {
     tz: Option<Tz>,
     slots: [(i64, i32); ZoneCache::SLOTS],
+    /// The hour whose start was looked up last, and its offset.
+    last_start: Option<(i64, Option<i32>)>,
 }
 
 impl ZoneCache {
@@ -28,7 +30,30 @@ impl ZoneCache {
         ZoneCache {
             tz: None,
             slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
+            last_start: None,
         }
+    }
+}
+
+impl ZoneCache {
+    /// The single UTC offset of the local time at the start of hour `key`
+    /// (hours since 1970-01-01 00:00 local), `None` in a gap, an ambiguous
+    /// time or out of range; the last answer is kept.
+    fn offset_at(&mut self, tz: Tz, key: i64) -> Option<i32> {
+        if let Some((last, offset)) = self.last_start {
+            if last == key {
+                return offset;
+            }
+        }
+        let days = i32::try_from(key.div_euclid(24) + 719_163).ok()?;
+        let hour = u32::try_from(key.rem_euclid(24)).ok()?;
+        let start = NaiveDate::from_num_days_from_ce_opt(days)?.and_hms_opt(hour, 0, 0)?;
+        let offset = match tz.from_local_datetime(&start) {
+            LocalResult::Single(instant) => Some(instant.offset().fix().local_minus_utc()),
+            _ => None,
+        };
+        self.last_start = Some((key, offset));
+        offset
     }
 }
 
@@ -139,14 +164,11 @@ pub(super) fn place_in_zone(
                 .ok_or_else(unsupported);
         }
     }
-    let year = i32::try_from(local.year).map_err(|_| unsupported())?;
-    let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
-    let at = |h: u32, m: u32, s: u32| date.and_hms_opt(h, m, s).ok_or_else(unsupported);
-    let start = tz.from_local_datetime(&at(local.hour, 0, 0)?);
-    let end = tz.from_local_datetime(&at(local.hour, 59, 59)?);
-    if let (LocalResult::Single(a), LocalResult::Single(b)) = (&start, &end) {
-        let offset = a.offset().fix().local_minus_utc();
-        if offset == b.offset().fix().local_minus_utc() {
+    // The hour has one offset when its start and the next hour's do: rows
+    // in order of time then cost one zone lookup an hour, the next hour's
+    // start being the one looked up last.
+    if let (Some(offset), Some(next)) = (cache.offset_at(tz, key), cache.offset_at(tz, key + 1)) {
+        if offset == next {
             if let Some(entry) = cache.slots.get_mut(slot) {
                 *entry = (key, offset);
             }
@@ -154,6 +176,9 @@ pub(super) fn place_in_zone(
                 .ok_or_else(unsupported);
         }
     }
+    let year = i32::try_from(local.year).map_err(|_| unsupported())?;
+    let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
+    let at = |h: u32, m: u32, s: u32| date.and_hms_opt(h, m, s).ok_or_else(unsupported);
     match tz.from_local_datetime(&at(local.hour, local.minute, local.second)?) {
         LocalResult::Single(instant) => Ok(instant.with_timezone(&Utc)),
         LocalResult::Ambiguous(a, b) => Ok(a.with_timezone(&Utc).min(b.with_timezone(&Utc))),
