@@ -47,7 +47,9 @@ pub(super) fn import_of(
 }
 
 /// Claims `source` as `work` (rename, both folders synced, journal entry
-/// committed, in that order), then runs it through the pipeline.
+/// committed, in that order), then runs it through the pipeline. A small
+/// file is fingerprinted while the folders are synced, and its fingerprint
+/// is recorded in the claim's journal write.
 pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work) -> TaskEnd {
     let id = work.occurrence_id.clone();
     let name = source
@@ -63,9 +65,8 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
         })
         .await
     };
-    // A small file's events are soon there: small requests wait for them.
-    let coming = match moved {
-        Ok(Ok(size)) => pipeline::coming(&ctx, &work, &name, size),
+    let size = match moved {
+        Ok(Ok(size)) => size,
         Ok(Err(err)) => {
             // If the file is still there, our side failed (full disk,
             // permissions) and the next rescan finds it again.
@@ -79,10 +80,18 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
             return TaskEnd::NotClaimed(id);
         }
     };
+    // A small file's events are soon there: small requests wait for them.
+    let coming = pipeline::coming(&ctx, &work, &name, size);
+    let reading = pipeline::start_fingerprint(&work, &destination, &name, size);
     if let Err(err) = ctx.dir_sync.sync_dirs_of(&[&destination, &source]).await {
         tracing::error!(file = %name, %err, "claimed, but the folders could not be synced: it is adopted at the next start");
         return TaskEnd::NotClaimed(id);
     }
+    // Unreadable now: the pipeline's fingerprint step reads it again and says why.
+    let fingerprint = match reading {
+        Some(task) => task.await.ok().and_then(Result::ok),
+        None => None,
+    };
     let recorded = {
         let (id, import, name, destination) = (
             id.clone(),
@@ -90,8 +99,15 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
             name.clone(),
             destination.clone(),
         );
+        let print = fingerprint
+            .as_ref()
+            .map(|print| (print.sha256.clone(), print.size));
         ctx.record(move |journal| {
-            journal.record_claim(&id, &import, &name, &destination, &pipeline::now_rfc3339())
+            journal.record_claim(&id, &import, &name, &destination, &pipeline::now_rfc3339())?;
+            match print {
+                Some((sha256, size)) => journal.record_fingerprint(&id, &sha256, size),
+                None => Ok(()),
+            }
         })
         .await
     };
@@ -102,7 +118,7 @@ pub(super) async fn claim_and_process(ctx: Context, source: PathBuf, work: Work)
     }
     ctx.counters.files_claimed.fetch_add(1, Ordering::Relaxed);
     tracing::info!(occurrence = %id, import = %work.import.name, file = %name, "claimed");
-    let result = pipeline::process_coming(&ctx, &work, coming).await;
+    let result = pipeline::process_claimed(&ctx, &work, coming, fingerprint).await;
     TaskEnd::Processed(work, Box::new(result))
 }
 

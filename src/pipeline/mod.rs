@@ -103,11 +103,11 @@ struct FileRun<'a> {
 
 /// Runs one occurrence to its end (or to shutdown).
 pub async fn process(ctx: &Context, work: &Work) -> Result<Report, PipelineError> {
-    process_coming(ctx, work, None).await
+    process_claimed(ctx, work, None, None).await
 }
 
 /// A small plain file of `size` bytes is being claimed for `work`: until the
-/// guard is dropped (by [`process_coming`], at its delivery), requests of its
+/// guard is dropped (by [`process_claimed`], at its delivery), requests of its
 /// destination that are not full wait for its events. None for other files.
 pub fn coming(ctx: &Context, work: &Work, file_name: &str, size: u64) -> Option<Coming> {
     let plain = unpack::Packing::of(file_name) == unpack::Packing::Plain;
@@ -118,14 +118,44 @@ pub fn coming(ctx: &Context, work: &Work, file_name: &str, size: u64) -> Option<
     })
 }
 
-/// [`process`], for a file announced by [`coming`] when it was claimed.
-pub async fn process_coming(
+/// Starts reading the fingerprint of a small plain file just claimed (at
+/// `path`, of `size` bytes), on a blocking thread, so that it is recorded
+/// with the claim: see [`process_claimed`]. None for other files, whose
+/// fingerprint step reads them.
+pub fn start_fingerprint(
+    work: &Work,
+    path: &Path,
+    file_name: &str,
+    size: u64,
+) -> Option<tokio::task::JoinHandle<io::Result<Fingerprint>>> {
+    let plain = unpack::Packing::of(file_name) == unpack::Packing::Plain;
+    if !plain || size > SMALL_FILE_BYTES {
+        return None;
+    }
+    let (path, encoding, max) = (
+        path.to_path_buf(),
+        work.import.format.encoding,
+        work.import.max_decompressed_bytes,
+    );
+    Some(tokio::task::spawn_blocking(move || {
+        unpack::fingerprint(&path, encoding, max)
+    }))
+}
+
+/// [`process`], for a file just claimed: announced by [`coming`], and with
+/// the `fingerprint` recorded in its claim's journal entry, if any (the
+/// fingerprint step then does not read the file again).
+pub async fn process_claimed(
     ctx: &Context,
     work: &Work,
     coming: Option<Coming>,
+    fingerprint: Option<Fingerprint>,
 ) -> Result<Report, PipelineError> {
     let mut run = FileRun::load(ctx, work)?;
     run.coming = coming;
+    // Only what the journal holds counts as recorded.
+    run.fingerprint =
+        fingerprint.filter(|print| run.occurrence.sha256.as_deref() == Some(print.sha256.as_str()));
     for step in STEPS {
         let flow = match step {
             Step::Fingerprint => run.fingerprint().await?,
@@ -198,21 +228,15 @@ impl<'a> FileRun<'a> {
         self.occurrence.status == Status::Delivering
     }
 
-    /// SHA-256, size and encoding probe, in one read.
+    /// SHA-256, size and encoding probe, in one read (or read and recorded
+    /// with the claim already).
     async fn fingerprint(&mut self) -> Result<Flow, PipelineError> {
-        let path = self.occurrence.processing_path.clone();
-        let (encoding, max) = (
-            self.work.import.format.encoding,
-            self.work.import.max_decompressed_bytes,
-        );
-        let fingerprint = match blocking(move || unpack::fingerprint(&path, encoding, max)).await? {
-            Ok(fingerprint) => fingerprint,
-            Err(err) => {
-                return Ok(Ending::unread(
-                    Verdict::Failed,
-                    format!("cannot read the file: {err}"),
-                ))
-            }
+        let fingerprint = match self.fingerprint.take() {
+            Some(recorded) => recorded,
+            None => match self.read_fingerprint().await? {
+                Ok(fingerprint) => fingerprint,
+                Err(ending) => return Ok(ending),
+            },
         };
         self.report.sha256 = Some(fingerprint.sha256.clone());
         self.report.size = Some(fingerprint.size);
@@ -221,6 +245,26 @@ impl<'a> FileRun<'a> {
             // Its validation is short: small requests may wait for it.
             self.coming = Some(self.coming_to_sink());
         }
+        self.fingerprint = Some(fingerprint);
+        Ok(Flow::Next)
+    }
+
+    /// Reads the fingerprint and records it; an unreadable file ends.
+    async fn read_fingerprint(&mut self) -> Result<Result<Fingerprint, Flow>, PipelineError> {
+        let path = self.occurrence.processing_path.clone();
+        let (encoding, max) = (
+            self.work.import.format.encoding,
+            self.work.import.max_decompressed_bytes,
+        );
+        let fingerprint = match blocking(move || unpack::fingerprint(&path, encoding, max)).await? {
+            Ok(fingerprint) => fingerprint,
+            Err(err) => {
+                return Ok(Err(Ending::unread(
+                    Verdict::Failed,
+                    format!("cannot read the file: {err}"),
+                )))
+            }
+        };
         let (id, sha256, size) = (
             self.occurrence.id.clone(),
             fingerprint.sha256.clone(),
@@ -229,8 +273,7 @@ impl<'a> FileRun<'a> {
         self.ctx
             .record(move |journal| journal.record_fingerprint(&id, &sha256, size))
             .await?;
-        self.fingerprint = Some(fingerprint);
-        Ok(Flow::Next)
+        Ok(Ok(fingerprint))
     }
 
     /// Same content as a file already imported (or being imported): not sent again.
