@@ -11,12 +11,15 @@
 //! file's run, sorted by segments: when the file is archived, [`seal`]
 //! writes its header, fsyncs it and renames it to
 //! `index/<day>/<level>-<occurrence>.run`, and its folder is synced with the
-//! report's in the same group commit, before the file moves. Runs of one
+//! report's in the same group commit, before the file moves. Small files
+//! share that fsync: the seals queued meanwhile are merged into one run of
+//! all their occurrences, written and fsynced once ([`seal`]). Runs of one
 //! day are merged, log-structured, when eight of a level exist, on a
 //! background thread (a file never waits for a merge), so a lookup reads
 //! few runs (a binary search of each segment, a few `pread`s). The import
 //! pays one append a row, a sort a chunk, one sequential write of 16 MB a
-//! million rows and one fsync a file (`scripts/bench-trace.sh` measures it
+//! million rows and one fsync a file, shared by small files
+//! (`scripts/bench-trace.sh` measures it
 //! against the index turned off). A SQLite table was the other candidate,
 //! not taken: an insert a row into a B-tree of 10 million random keys
 //! touches a random page each time, where a sorted run is one sequential

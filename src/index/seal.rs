@@ -4,27 +4,41 @@
 //! segments): sealing fills in its header, fsyncs it and renames it into the
 //! day; the caller syncs the day's folder (through the group commit, with
 //! the report's folder). When the work file is incomplete the ids are
-//! recorded again from the file. It never removes another file's run, and
-//! never waits for a merge (it asks for one, on the merge thread).
+//! recorded again from the file.
+//!
+//! Small files share the fsync, group-committed without a timer: their
+//! seals go to one sealing thread, which takes every seal queued since its
+//! last one. A seal alone is sealed in place as above; several of one day
+//! are merged into one run of all their occurrences (a few KiB each, read
+//! back from the page cache), written with one fsync. A large file is
+//! sealed in place on its own thread, never rewritten. It never removes
+//! another file's run, and never waits for a merge (it asks for one, on the
+//! merge thread).
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use super::format::{header, SINGLE_HEADER};
-use super::merge::{level_of, merge_soon};
+use super::format::{header, Run, SINGLE_HEADER};
+use super::merge::{level_of, merge_soon, write_run_via};
 use super::record::{Recorder, CHUNK, WORK_RECORD};
 use super::{disabled, io_at, root, work_path, IndexError, OCC_LEN};
 use crate::claim;
+use crate::commit::Group;
+
+/// Files of at most this many events share the sealing thread.
+const SHARED_SEAL_EVENTS: u64 = 4096;
 
 /// Makes the index of one archived occurrence durable in `index/<day>/`,
 /// all but the folder fsync: returns the run's path, whose folder the
 /// caller syncs before the file moves (`None`: the index is off). `accepted`
 /// is how many events the file has; when the work file does not hold
 /// exactly that many, `rebuild` is called to record them again from the
-/// file (after a crash mid-delivery). Idempotent: sealing twice leaves the
-/// same run.
+/// file (after a crash mid-delivery). Sealing twice is harmless: the second
+/// run holds the same records, which lookups and merges report once.
 pub fn seal(
     state: &Path,
     work_dir: &Path,
@@ -45,21 +59,224 @@ pub fn seal(
     }
     let dir = root(state).join(day);
     claim::create_dir_durably(&dir)?;
+    let job = Job {
+        dir,
+        work,
+        occurrence_id: occurrence_id.to_string(),
+        accepted,
+        run: Arc::default(),
+    };
+    let run = job.run.clone();
+    match sealer() {
+        Some(sealer) if accepted <= SHARED_SEAL_EVENTS => sealer.submit_blocking(job)?,
+        _ => *lock(&run) = Some(seal_alone(&job)?),
+    }
+    let sealed = lock(&run).take();
+    Ok(sealed)
+}
+
+/// One seal handed to the sealing thread; it says where the run went.
+struct Job {
+    /// `index/<day>/`.
+    dir: PathBuf,
+    /// The complete work file.
+    work: PathBuf,
+    occurrence_id: String,
+    accepted: u64,
+    run: Arc<Mutex<Option<PathBuf>>>,
+}
+
+fn lock(run: &Mutex<Option<PathBuf>>) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
+    // A path or nothing: whole after a panic elsewhere.
+    run.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sealer() -> Option<&'static Group<Job, IndexError>> {
+    static SEALER: OnceLock<Option<Group<Job, IndexError>>> = OnceLock::new();
+    SEALER
+        .get_or_init(|| Group::start("index-seal", sealer_gone, seal_together).ok())
+        .as_ref()
+}
+
+fn sealer_gone() -> IndexError {
+    IndexError::Io {
+        path: PathBuf::from("index"),
+        source: io::Error::other("the index's sealing thread stopped"),
+    }
+}
+
+/// The sealing thread's flush: the seals of each day, one run a day.
+fn seal_together(jobs: Vec<Job>) -> Vec<Result<(), IndexError>> {
+    let mut days: BTreeMap<&Path, Vec<&Job>> = BTreeMap::new();
+    for job in &jobs {
+        days.entry(job.dir.as_path()).or_default().push(job);
+    }
+    let mut failed: Vec<(&str, String)> = Vec::new();
+    for (dir, day) in days {
+        let sealed = match day.as_slice() {
+            [job] => seal_alone(job),
+            _ => seal_several(dir, &day),
+        };
+        match sealed {
+            Ok(run) => day
+                .iter()
+                .for_each(|job| *lock(&job.run) = Some(run.clone())),
+            Err(err) => {
+                let message = err.to_string();
+                failed.extend(
+                    day.iter()
+                        .map(|job| (job.occurrence_id.as_str(), message.clone())),
+                );
+            }
+        }
+    }
+    jobs.iter()
+        .map(
+            |job| match failed.iter().find(|(id, _)| *id == job.occurrence_id) {
+                None => Ok(()),
+                Some((_, message)) => Err(IndexError::Io {
+                    path: job.work.clone(),
+                    source: io::Error::other(message.clone()),
+                }),
+            },
+        )
+        .collect()
+}
+
+/// The work file becomes the run: header, fsync, rename into the day.
+fn seal_alone(job: &Job) -> Result<PathBuf, IndexError> {
+    let work = &job.work;
+    let expected = SINGLE_HEADER + job.accepted * WORK_RECORD as u64;
     let file = OpenOptions::new()
         .write(true)
-        .open(&work)
-        .map_err(io_at(&work))?;
-    if file.metadata().map_err(io_at(&work))?.len() != expected {
+        .open(work)
+        .map_err(io_at(work))?;
+    if file.metadata().map_err(io_at(work))?.len() != expected {
         return Err(IndexError::Io {
-            path: work,
+            path: work.clone(),
             source: io::Error::other("the recorded ids do not match the file's events"),
         });
     }
-    let head = header(&[occurrence_id.to_string()], accepted, CHUNK as u64);
-    file.write_all_at(&head, 0).map_err(io_at(&work))?;
-    file.sync_all().map_err(io_at(&work))?;
-    let run = dir.join(format!("{:02}-{occurrence_id}.run", level_of(accepted)));
-    claim::rename(&work, &run)?;
-    merge_soon(&dir);
-    Ok(Some(run))
+    let head = header(
+        std::slice::from_ref(&job.occurrence_id),
+        job.accepted,
+        CHUNK as u64,
+    );
+    file.write_all_at(&head, 0).map_err(io_at(work))?;
+    file.sync_all().map_err(io_at(work))?;
+    let run = job.dir.join(format!(
+        "{:02}-{}.run",
+        level_of(job.accepted),
+        job.occurrence_id
+    ));
+    claim::rename(work, &run)?;
+    merge_soon(&job.dir);
+    Ok(run)
+}
+
+/// Several small work files of one day merged into one run (written beside
+/// the work files, fsynced, renamed into the day), then removed.
+fn seal_several(dir: &Path, jobs: &[&Job]) -> Result<PathBuf, IndexError> {
+    let mut occurrences = Vec::with_capacity(jobs.len());
+    let mut sources = Vec::new();
+    let mut count = 0;
+    for job in jobs {
+        let expected = SINGLE_HEADER + job.accepted * WORK_RECORD as u64;
+        let len = fs::metadata(&job.work).map_err(io_at(&job.work))?.len();
+        if len != expected {
+            return Err(IndexError::Io {
+                path: job.work.clone(),
+                source: io::Error::other("the recorded ids do not match the file's events"),
+            });
+        }
+        let work = Run {
+            path: job.work.clone(),
+            occurrences: vec![job.occurrence_id.clone()],
+            records: job.accepted,
+            segment: CHUNK as u64,
+            data_start: SINGLE_HEADER,
+        };
+        sources.extend(work.sources(occurrences.len() as u32)?);
+        occurrences.push(job.occurrence_id.clone());
+        count += job.accepted;
+    }
+    let name = format!("{:02}-{}.run", level_of(count), uuid::Uuid::new_v4());
+    let run = dir.join(&name);
+    let Some(first) = jobs.first() else {
+        return Ok(run);
+    };
+    let temporary = first.work.with_file_name(format!("{name}.sealing"));
+    write_run_via(&temporary, &run, &occurrences, count, sources)?;
+    for job in jobs {
+        // Left behind only by a crash: a stale work file is replaced when
+        // its occurrence is delivered again, and never read otherwise.
+        let _ = fs::remove_file(&job.work);
+    }
+    merge_soon(dir);
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lookup::{lookup, runs_in};
+    use super::*;
+
+    fn id(n: u64) -> uuid::Uuid {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &n.to_le_bytes())
+    }
+
+    #[test]
+    fn seals_queued_together_share_one_run_and_every_id_is_found() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path();
+        let work_dir = state.join("work");
+        fs::create_dir_all(&work_dir).expect("work");
+        let day = root(state).join("2026-11-05");
+        fs::create_dir_all(&day).expect("day");
+        let jobs: Vec<Job> = (0..3u64)
+            .map(|file| {
+                let occurrence_id = format!("00000000-0000-4000-8000-{file:012}");
+                let work = work_path(&work_dir, &occurrence_id);
+                let mut recorder = Recorder::create(&work, true);
+                for row in 0..20 {
+                    recorder.record(&id(file * 100 + row), row + 2);
+                }
+                recorder.finish();
+                Job {
+                    dir: day.clone(),
+                    work,
+                    occurrence_id,
+                    accepted: 20,
+                    run: Arc::default(),
+                }
+            })
+            .collect();
+        let results = seal_together(jobs.iter().map(copy_job).collect());
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let runs = runs_in(&day).expect("runs");
+        assert_eq!(runs.len(), 1, "one run for the three files: {runs:?}");
+        let (run, _) = Run::open(&runs[0].1).expect("open");
+        assert_eq!(run.occurrences.len(), 3);
+        assert!(
+            jobs.iter().all(|job| !job.work.exists()),
+            "work files removed"
+        );
+        for file in 0..3u64 {
+            let hits = lookup(state, &id(file * 100 + 7)).expect("lookup");
+            assert_eq!(hits.len(), 1, "{hits:?}");
+            assert_eq!(hits[0].occurrence_id, jobs[file as usize].occurrence_id);
+            assert_eq!((hits[0].line, hits[0].ordinal), (9, 7));
+        }
+    }
+
+    /// The same seal, answered through its own slot.
+    fn copy_job(job: &Job) -> Job {
+        Job {
+            dir: job.dir.clone(),
+            work: job.work.clone(),
+            occurrence_id: job.occurrence_id.clone(),
+            accepted: job.accepted,
+            run: job.run.clone(),
+        }
+    }
 }
