@@ -3,10 +3,14 @@
 //! the folder fsyncs and journal commits shared between files.
 //!
 //! Order: rejects and report written and fsynced, renamed into the outcome
-//! folder, folder synced → destination recorded → file moved out of
-//! `processing/`, both folders synced → outcome recorded. A crash at any
-//! point leaves either the file in `processing/` (resumed) or a recorded
-//! destination that start-up settles ([`settle_moved`]).
+//! folder, that folder synced and, at the same time, the destination
+//! recorded → file moved out of `processing/`, both folders synced →
+//! outcome recorded. A crash at any point leaves either the file in
+//! `processing/` (resumed, its report written again) or a recorded
+//! destination holding the file, beside its durable report, that start-up
+//! settles ([`settle_moved`]). The destination is read only once the file
+//! has left `processing/`, so it may be committed while the report's
+//! folder is synced: the move waits for both.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -92,13 +96,16 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
     let index_run = index_run?;
     // The report, rejects and index run are in their folders before the
     // file moves.
-    match &index_run {
-        Some(run) => ctx.dir_sync.sync_dirs_of(&[&placement.report, run]).await?,
-        None => ctx.dir_sync.sync_dir_of(&placement.report).await?,
-    }
-
+    let papers_synced = async {
+        match &index_run {
+            Some(run) => ctx.dir_sync.sync_dirs_of(&[&placement.report, run]).await,
+            None => ctx.dir_sync.sync_dir_of(&placement.report).await,
+        }
+    };
     if present {
-        move_to_outcome(ctx, &occurrence, &placement).await?;
+        move_to_outcome(ctx, &occurrence, &placement, papers_synced).await?;
+    } else {
+        papers_synced.await?;
     }
     record_outcome(ctx, &occurrence, &report).await?;
     Ok(report)
@@ -128,15 +135,19 @@ async fn refused_lines(
 }
 
 /// The destination is committed before the file moves, so that a crash
-/// mid-move is settled at start; both folders are synced after.
+/// mid-move is settled at start (committed while `papers_synced` makes the
+/// report durable: the move waits for both); both folders are synced after.
 async fn move_to_outcome(
     ctx: &Context,
     occurrence: &Occurrence,
     placement: &Placement,
+    papers_synced: impl std::future::Future<Output = Result<(), claim::ClaimError>>,
 ) -> Result<(), PipelineError> {
     let (id, destination) = (occurrence.id.clone(), placement.file.clone());
-    ctx.record(move |journal| journal.record_outcome_path(&id, &destination))
-        .await?;
+    let recorded = ctx.record(move |journal| journal.record_outcome_path(&id, &destination));
+    let (synced, recorded) = tokio::join!(papers_synced, recorded);
+    synced?;
+    recorded?;
     claim::rename(&occurrence.processing_path, &placement.file)?;
     ctx.dir_sync
         .sync_dirs_of(&[&placement.file, &occurrence.processing_path])
