@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    file_name_of, import_for_file, io_at, load_config, runtime, stdout_error, CommandError, Exit,
+    file_name_of, import_for_file, io_at, load_config, one_thread_runtime, stdout_error,
+    CommandError, Exit,
 };
 use crate::claim::{self, StateDirs};
 use crate::journal::Journal;
@@ -46,7 +47,7 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         &pipeline::now_rfc3339(),
     )?;
 
-    let runtime = runtime()?;
+    let runtime = one_thread_runtime()?;
     let shutdown = CancellationToken::new();
     let report = runtime.block_on(async {
         let counters = Arc::new(Counters::default());
