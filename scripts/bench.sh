@@ -28,10 +28,12 @@
 # ratio consent-drop / Miller are printed (skipped when mlr is missing).
 #
 # Storm, for BENCH_STORM_FILES files of 20 rows (default 6000; 0 skips it):
-# the files are renamed into the drop folder of a running `consent-drop run`,
-# once with the file sink and once to the test server; prints files/s (from
-# the first rename to the last report), requests per 1,000 events and the
-# daemon's peak RSS.
+# the files are renamed into the drop folder of a running `consent-drop run`
+# by one process, all at once (as an SFTP server's uploads land; a `mv` a
+# file would take seconds of process starts on its own), once with the file
+# sink and once to the test server; prints files/s (from the first rename to
+# the last report, settle_ms included), requests per 1,000 events, the
+# daemon's peak RSS and CPU seconds (user + system).
 #
 # Partner files, for BENCH_PARTNER_ROWS rows (default 1000000; 0 skips it):
 # the same rows as UTF-8, as UTF-16, as .csv.gz and with iso8601 dates.
@@ -289,29 +291,32 @@ storm_run() { # NAME SINK_TABLE -> prints a row
   for _ in $(seq 1 100); do grep -q "consent-drop is running" "$dir/log" 2> /dev/null && break; sleep 0.05; done
   local start end
   start=$(date +%s.%N)
-  for f in "$dir"/stage/*; do mv "$f" "$dir/drop/"; done
+  python3 -c 'import os, sys
+stage, drop = sys.argv[1:3]
+for name in sorted(os.listdir(stage)):
+    os.rename(os.path.join(stage, name), os.path.join(drop, name))' "$dir/stage" "$dir/drop"
   until [ "$(find "$dir/state/archive" -name '*.report.json' 2> /dev/null | wc -l)" -ge "$storm_files" ]; do sleep 0.1; done
   end=$(date +%s.%N)
   pkill -TERM -P "$pid" 2> /dev/null || kill -TERM "$pid"
   wait "$pid" || true
-  read -r _ rss_kib _ < "$dir/time"
-  echo "$name $start $end $rss_kib"
+  read -r _ rss_kib user_s sys_s < "$dir/time"
+  echo "$name $start $end $rss_kib $(awk -v u="$user_s" -v s="$sys_s" 'BEGIN { printf "%.2f", u + s }')"
 }
 
 token=bench-token
 echo
 echo "Storm: $storm_files files of 20 rows renamed into a running daemon (settle_ms 2000 included)"
-printf '%-12s %9s %9s %16s %9s\n' sink seconds files/s requests/1000ev peak_MiB
-read -r _ start end rss < <(storm_run file "kind = \"file\"
+printf '%-12s %9s %9s %16s %9s %8s\n' sink seconds files/s requests/1000ev peak_MiB cpu_s
+read -r _ start end rss cpu < <(storm_run file "kind = \"file\"
 dir = \"$work/storm-file/outbox\"
 batch_size = 100")
-awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16s %9.1f\n", "file", t, n / t, "-", r / 1024 }'
+awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" -v c="$cpu" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16s %9.1f %8s\n", "file", t, n / t, "-", r / 1024, c }'
 start_server
-read -r _ start end rss < <(storm_run http "kind = \"http\"
+read -r _ start end rss cpu < <(storm_run http "kind = \"http\"
 base_url = \"$base_url\"
 organization_id = \"bench\"
 allow_insecure_http = true
 token_env = \"BENCH_TOKEN\"
 batch_size = 100")
 stop_server
-awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" -v q="$served_requests" -v ev="$served_events" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16.1f %9.1f\n", "test server", t, n / t, 1000 * q / ev, r / 1024 }'
+awk -v s="$start" -v e="$end" -v n="$storm_files" -v r="$rss" -v c="$cpu" -v q="$served_requests" -v ev="$served_events" 'BEGIN { t = e - s; printf "%-12s %9.2f %9.0f %16.1f %9.1f %8s\n", "test server", t, n / t, 1000 * q / ev, r / 1024, c }'
