@@ -2,8 +2,8 @@
 //!
 //! Watcher events are hints, not truth: every decision is made from the
 //! file's own state at the time. A file is ready once it was closed after
-//! writing (or arrived by rename) and its size and mtime held still for
-//! `settle`; a file found by a scan with no event seen settles by size and
+//! writing and its size and mtime held still for `settle`, or as soon as it
+//! arrived by rename (complete as it appears, SPEC §4); a file found by a scan with no event seen settles by size and
 //! mtime and by a check that no process holds it open for writing. Only the
 //! top level of the folder is watched. This module never opens a proof file
 //! and never moves one: it only names candidates.
@@ -151,9 +151,16 @@ enum Writer {
     Unknown,
     /// A write was seen and no close after it.
     Writing,
-    /// Closed after writing, or arrived by rename, since the last write.
+    /// Closed after writing since the last write: ready once it held still
+    /// for `settle`.
     Done,
+    /// Renamed into the folder, and not seen to change since: complete as
+    /// it appears (SPEC §4), so ready at its first look.
+    Arrived,
 }
+
+/// The size of a candidate not looked at yet.
+const UNSEEN: u64 = u64::MAX;
 
 /// Decides which files are ready. Pure but for `stat` (and `/proc` for the
 /// open-for-writing check), so it is driven by the caller's clock.
@@ -197,13 +204,18 @@ impl Readiness {
             Hint::Created(name) => (name, Some(Writer::Unknown)),
             Hint::Touched(name) => (name, None),
             Hint::Written(name) => (name, Some(Writer::Writing)),
-            Hint::Closed(name) | Hint::Arrived(name) => (name, Some(Writer::Done)),
+            Hint::Closed(name) => (name, Some(Writer::Done)),
+            Hint::Arrived(name) => (name, Some(Writer::Arrived)),
             Hint::Rescan => return,
         };
         self.parked.remove(&name);
         let candidate = self.candidate(name, now);
         if let Some(writer) = writer {
             candidate.writer = writer;
+        }
+        if writer == Some(Writer::Arrived) {
+            // Its next look is its first as this file.
+            candidate.size = UNSEEN;
         }
         candidate.still_since = now;
     }
@@ -216,7 +228,7 @@ impl Readiness {
                 self.next_turn += 1;
                 self.rounds.push_back((entry.key().clone(), turn));
                 entry.insert(Candidate {
-                    size: u64::MAX,
+                    size: UNSEEN,
                     mtime: (0, 0),
                     still_since: now,
                     writer: Writer::Unknown,
@@ -335,19 +347,27 @@ impl Readiness {
         };
         let mtime = mtime_of(&meta);
         if meta.size() != candidate.size || mtime != candidate.mtime {
+            let first_look = candidate.size == UNSEEN;
             candidate.size = meta.size();
             candidate.mtime = mtime;
             candidate.still_since = now;
-            return Look::Waiting;
-        }
-        if now.duration_since(candidate.still_since) < self.settle {
+            if !(first_look && candidate.writer == Writer::Arrived) {
+                if candidate.writer == Writer::Arrived {
+                    // Changed since it arrived: it settles like a closed file.
+                    candidate.writer = Writer::Done;
+                }
+                return Look::Waiting;
+            }
+        } else if candidate.writer != Writer::Arrived
+            && now.duration_since(candidate.still_since) < self.settle
+        {
             return Look::Waiting;
         }
         // With no close seen, an empty file is someone's upload that has
         // not written yet; a file with content and no writer in sight is
         // complete (found by a scan, or created whole by a link).
         let complete = match candidate.writer {
-            Writer::Done => true,
+            Writer::Done | Writer::Arrived => true,
             Writer::Writing => false,
             Writer::Unknown => {
                 // A regular file (not a link) directly in the folder: its
@@ -576,6 +596,16 @@ mod tests {
         // Each file is stat'd once to learn its state and once to see it
         // still: two rounds of slices, not one pass per file.
         assert!(calls <= 6, "{calls} calls");
+    }
+
+    #[test]
+    fn a_file_renamed_in_is_ready_at_its_first_look() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Arrived("a.csv".into()), start);
+        assert_eq!(readiness.ready(start, &never), vec!["a.csv"]);
     }
 
     #[test]
