@@ -490,7 +490,7 @@ mod tests {
                 (i64::from(date.year()), date.month(), date.day()),
                 "{date}"
             );
-            date = date + chrono::Duration::days(1);
+            date += chrono::Duration::days(1);
         }
     }
 
