@@ -524,6 +524,28 @@ mod tests {
         );
     }
 
+    /// The instant `t` written as local time in `tz` reads back, through
+    /// `cache`, as chrono places it (the earlier of an ambiguous pair).
+    fn assert_cached_parse_agrees(
+        format: &DateFormat,
+        tz: Tz,
+        t: DateTime<Utc>,
+        cache: &mut ZoneCache,
+    ) {
+        let local = t.with_timezone(&tz).naive_local();
+        let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
+        let want = match tz.from_local_datetime(&local) {
+            LocalResult::Single(x) => x.with_timezone(&Utc),
+            LocalResult::Ambiguous(a, b) => a.with_timezone(&Utc).min(b.with_timezone(&Utc)),
+            LocalResult::None => unreachable!(),
+        };
+        assert_eq!(
+            format.parse_cached(&text, tz, cache),
+            Ok(want),
+            "{tz} {text}"
+        );
+    }
+
     #[test]
     fn cached_offsets_agree_with_chrono_over_a_year() {
         let format = DateFormat::new("yyyy-MM-dd HH:mm:ss").unwrap();
@@ -536,20 +558,7 @@ mod tests {
             let mut cache = ZoneCache::new();
             let mut t = utc(2026, 1, 1, 0, 0, 0);
             while t < utc(2027, 1, 1, 0, 0, 0) {
-                let local = t.with_timezone(&tz).naive_local();
-                let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
-                let want = match tz.from_local_datetime(&local) {
-                    LocalResult::Single(x) => x.with_timezone(&Utc),
-                    LocalResult::Ambiguous(a, b) => {
-                        a.with_timezone(&Utc).min(b.with_timezone(&Utc))
-                    }
-                    LocalResult::None => unreachable!(),
-                };
-                assert_eq!(
-                    format.parse_cached(&text, tz, &mut cache),
-                    Ok(want),
-                    "{tz} {text}"
-                );
+                assert_cached_parse_agrees(&format, tz, t, &mut cache);
                 t += chrono::Duration::seconds(7 * 60 + 13);
             }
         }
@@ -565,20 +574,7 @@ mod tests {
             let start = utc(2026, 1, 1, 0, 0, 0);
             for step in 0..20_000_i64 {
                 let t = start + chrono::Duration::seconds((step * 1_000_003) % year);
-                let local = t.with_timezone(&tz).naive_local();
-                let text = local.format("%Y-%m-%d %H:%M:%S").to_string();
-                let want = match tz.from_local_datetime(&local) {
-                    LocalResult::Single(x) => x.with_timezone(&Utc),
-                    LocalResult::Ambiguous(a, b) => {
-                        a.with_timezone(&Utc).min(b.with_timezone(&Utc))
-                    }
-                    LocalResult::None => unreachable!(),
-                };
-                assert_eq!(
-                    format.parse_cached(&text, tz, &mut cache),
-                    Ok(want),
-                    "{tz} {text}"
-                );
+                assert_cached_parse_agrees(&format, tz, t, &mut cache);
             }
         }
     }

@@ -304,36 +304,36 @@ mod tests {
         (*config.imports[0]).clone()
     }
 
-    /// Counts and the rejects file's bytes, from validating `content` with
-    /// halves from `halves_from_bytes` on.
-    fn validated(content: &[u8], halves_from_bytes: u64) -> (u64, u64, Vec<u8>) {
+    /// A folder holding `content` as a proof file, with its fingerprint and
+    /// where its rejects go.
+    fn proof_file(content: &[u8]) -> (tempfile::TempDir, PathBuf, Fingerprint, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("proofs.csv");
         std::fs::write(&path, content).expect("write");
-        let import = import();
         let fingerprint =
-            unpack::fingerprint(&path, import.format.encoding, u64::MAX).expect("fingerprint");
+            unpack::fingerprint(&path, import().format.encoding, u64::MAX).expect("fingerprint");
         let rejects = dir.path().join("occ.rejects.csv");
-        let counts = match validate_from(&import, &path, &fingerprint, &rejects, halves_from_bytes)
-        {
-            Ok(counts) => counts,
-            Err(_) => panic!("validation failed"),
-        };
+        (dir, path, fingerprint, rejects)
+    }
+
+    /// Counts and the rejects file's bytes, from validating `content` with
+    /// halves from `halves_from_bytes` on.
+    fn validated(content: &[u8], halves_from_bytes: u64) -> (u64, u64, Vec<u8>) {
+        let (_dir, path, fingerprint, rejects) = proof_file(content);
+        let counts =
+            match validate_from(&import(), &path, &fingerprint, &rejects, halves_from_bytes) {
+                Ok(counts) => counts,
+                Err(_) => panic!("validation failed"),
+            };
         assert!(!rejects.with_extension("tail.csv").exists());
         let text = std::fs::read(&rejects).unwrap_or_default();
         (counts.accepted, counts.rejected, text)
     }
 
     fn halves_used(content: &[u8]) -> bool {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("proofs.csv");
-        std::fs::write(&path, content).expect("write");
-        let import = import();
-        let fingerprint =
-            unpack::fingerprint(&path, import.format.encoding, u64::MAX).expect("fingerprint");
-        let rejects = dir.path().join("occ.rejects.csv");
+        let (_dir, path, fingerprint, rejects) = proof_file(content);
         matches!(
-            validate_in_halves(&import, &path, &fingerprint, &rejects),
+            validate_in_halves(&import(), &path, &fingerprint, &rejects),
             Ok(Some(_))
         )
     }
