@@ -41,7 +41,8 @@ pub(super) struct RawConfig {
 pub(super) struct RawWatch {
     /// The drop folder. Only its top level is watched; subfolders are ignored.
     pub dir: PathBuf,
-    /// A file must be closed and unchanged this long before it is read.
+    /// A file must be closed and unchanged this long before it is read (one
+    /// renamed into the folder is complete as it appears, and read at once).
     #[serde(default = "default_settle_ms")]
     pub settle_ms: u64,
     /// Seconds between full rescans, for events the watcher missed.
