@@ -18,8 +18,8 @@ use crate::sink::Batch;
 /// Files with at most this many batches to send are read on one thread.
 const ONE_THREAD_BATCHES: u64 = 4;
 
-/// Batches that cross between threads together: one hand-over (and one
-/// thread wake-up) per batch cost about a tenth of a large file's CPU.
+/// Batches that cross between threads together: one hand-over per batch
+/// cost a thread wake-up per 100 rows on each of the two channels.
 const BLOCK_BATCHES: usize = 8;
 
 /// The batches of one block, in order, as they go to the delivery.
@@ -128,13 +128,13 @@ fn produce_batches(
             let mut seq = skip_batches;
             for block in received {
                 let mut run = Vec::with_capacity(BLOCK_BATCHES);
+                let batches = block.rows.len().div_ceil(batch_size.max(1) as usize).max(1);
+                let room = block.text.len() / batches * 3 + 512 * batch_size as usize;
                 let mut rows = block.rows().peekable();
                 while rows.peek().is_some() {
                     let mut batch = Batch::new(seq);
                     seq += 1;
-                    batch
-                        .buf
-                        .reserve(block.text.len() / BLOCK_BATCHES * 3 + 51_200);
+                    batch.buf.reserve(room);
                     for row in rows.by_ref().take(batch_size as usize) {
                         batch.push_with(row.line, |out| {
                             ids.record(&writer.write(&row, out), row.line);
