@@ -100,6 +100,12 @@ pub fn work_path(work_dir: &Path, occurrence_id: &str) -> PathBuf {
     work_dir.join(format!("{occurrence_id}.ids"))
 }
 
+/// Forgets the records of an occurrence that will not be sealed (it was
+/// not archived): those a small file's recorder kept in memory.
+pub fn discard(work_dir: &Path, occurrence_id: &str) {
+    record::take_in_memory(&work_path(work_dir, occurrence_id));
+}
+
 /// `CONSENT_DROP_BENCH_NO_INDEX=1` turns the index off, only so that the
 /// benchmark can measure what it costs (`scripts/bench-trace.sh`).
 pub fn disabled() -> bool {

@@ -1,11 +1,15 @@
 //! index::record: the recorder that collects each event's id and line while
 //! the delivery pass builds events, into the unsynced work file
-//! `work/<occ>.ids`. It never stops a delivery (a failed write only turns
-//! it off) and never writes under `index/`.
+//! `work/<occ>.ids` — or, for a small file, in memory until its seal (as
+//! much a cache as the unsynced file: lost with the process, rebuilt from
+//! the file). It never stops a delivery (a failed write only turns it off)
+//! and never writes under `index/`.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::format::{SHORT_RECORD, SINGLE_HEADER};
 use super::{disabled, prefix, LINE_UNKNOWN};
@@ -28,6 +32,10 @@ pub struct Recorder {
     chunk: Vec<u128>,
     /// Events recorded so far.
     recorded: u32,
+    /// The work file, created with the first full chunk.
+    path: PathBuf,
+    /// Recording (not a resumed delivery, the index on, no write failed).
+    enabled: bool,
     out: Option<BufWriter<File>>,
     /// Bytes handed to the file so far, and how many of them were already
     /// sent to the disk.
@@ -41,30 +49,33 @@ impl Recorder {
     /// recorded and seal rebuilds the index from the file.
     pub fn create(path: &Path, complete: bool) -> Recorder {
         let _ = fs::remove_file(path);
-        let mut out = if complete && !disabled() {
-            File::create(path)
-                .ok()
-                .map(|file| BufWriter::with_capacity(64 * 1024, file))
-        } else {
-            None
-        };
-        // The header's place, written at seal (zeros: not a run yet).
-        if let Some(writer) = &mut out {
-            if writer.write_all(&[0u8; SINGLE_HEADER as usize]).is_err() {
-                out = None;
-            }
-        }
+        take_in_memory(path);
         Recorder {
             chunk: Vec::new(),
             recorded: 0,
-            out,
+            path: path.to_path_buf(),
+            enabled: complete && !disabled(),
+            out: None,
             written: SINGLE_HEADER,
             started_back: 0,
         }
     }
 
+    /// The work file, with the header's place (zeros: not a run yet).
+    fn open(&mut self) {
+        let created = File::create(&self.path).and_then(|file| {
+            let mut out = BufWriter::with_capacity(64 * 1024, file);
+            out.write_all(&[0u8; SINGLE_HEADER as usize])?;
+            Ok(out)
+        });
+        match created {
+            Ok(out) => self.out = Some(out),
+            Err(_) => self.enabled = false,
+        }
+    }
+
     pub fn record(&mut self, id: &uuid::Uuid, line: u64) {
-        if self.out.is_none() {
+        if !self.enabled {
             return;
         }
         let line = u32::try_from(line).unwrap_or(LINE_UNKNOWN);
@@ -79,7 +90,13 @@ impl Recorder {
     }
 
     fn flush_chunk(&mut self) {
+        if !self.enabled {
+            return;
+        }
         self.chunk.sort_unstable();
+        if self.out.is_none() {
+            self.open();
+        }
         let Some(out) = &mut self.out else { return };
         let mut record = [0u8; WORK_RECORD];
         let mut failed = false;
@@ -92,6 +109,7 @@ impl Recorder {
         }
         if failed {
             self.out = None;
+            self.enabled = false;
         }
     }
 
@@ -102,6 +120,7 @@ impl Recorder {
         let Some(out) = &mut self.out else { return };
         if out.flush().is_err() {
             self.out = None;
+            self.enabled = false;
             return;
         }
         let (from, to) = (self.started_back, self.written);
@@ -122,13 +141,43 @@ impl Recorder {
         self.started_back = to;
     }
 
-    /// Writes what is left (the work file is closed, not synced).
+    /// Writes what is left (the work file is closed, not synced); a small
+    /// file's records, never written, are kept in memory for its seal.
     pub fn finish(mut self) {
+        if self.enabled && self.out.is_none() && self.chunk.len() <= IN_MEMORY_EVENTS {
+            self.chunk.sort_unstable();
+            let mut kept = in_memory();
+            let held: usize = kept.values().map(Vec::len).sum();
+            if held + self.chunk.len() <= IN_MEMORY_TOTAL {
+                kept.insert(self.path.clone(), std::mem::take(&mut self.chunk));
+                return;
+            }
+        }
         self.flush_chunk();
         if let Some(mut out) = self.out.take() {
             let _ = out.flush();
         }
     }
+}
+
+/// Files of at most this many events keep their records in memory.
+pub(super) const IN_MEMORY_EVENTS: usize = 4096;
+/// Records kept in memory at most, all files together (16 MiB).
+const IN_MEMORY_TOTAL: usize = 1 << 20;
+
+/// Small files' records between their delivery and their seal, by work
+/// file path.
+fn in_memory() -> MutexGuard<'static, HashMap<PathBuf, Vec<u128>>> {
+    static KEPT: OnceLock<Mutex<HashMap<PathBuf, Vec<u128>>>> = OnceLock::new();
+    KEPT.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The sorted records a small file's recorder kept in memory (packed: key,
+/// line, event number), taken away.
+pub(super) fn take_in_memory(work: &Path) -> Option<Vec<u128>> {
+    in_memory().remove(work)
 }
 
 /// Records the id and line of every accepted row of a file, read again

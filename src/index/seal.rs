@@ -8,29 +8,30 @@
 //!
 //! Small files share the fsync, group-committed without a timer: their
 //! seals go to one sealing thread, which takes every seal queued since its
-//! last one. A seal alone is sealed in place as above; several of one day
-//! are merged into one run of all their occurrences (a few KiB each, read
-//! back from the page cache), written with one fsync. A large file is
-//! sealed in place on its own thread, never rewritten. It never removes
+//! last one; several of one day are merged into one run of all their
+//! occurrences, written with one fsync. Their records come from memory (the
+//! recorder keeps a small file's there, see [`super::record`]), or from
+//! their work files. A large file is sealed in place on its own thread,
+//! never rewritten. It never removes
 //! another file's run, and never waits for a merge (it asks for one, on the
 //! merge thread).
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::format::{header, Run, SINGLE_HEADER};
-use super::merge::{level_of, merge_soon, write_run_via};
-use super::record::{Recorder, CHUNK, WORK_RECORD};
+use super::format::{decode, header, Entry, RUN_RECORD, SHORT_RECORD, SINGLE_HEADER};
+use super::merge::{level_of, merge_soon};
+use super::record::{take_in_memory, Recorder, CHUNK, IN_MEMORY_EVENTS, WORK_RECORD};
 use super::{disabled, io_at, root, work_path, IndexError, OCC_LEN};
 use crate::claim;
 use crate::commit::Group;
 
 /// Files of at most this many events share the sealing thread.
-const SHARED_SEAL_EVENTS: u64 = 4096;
+const SHARED_SEAL_EVENTS: u64 = IN_MEMORY_EVENTS as u64;
 
 /// Makes the index of one archived occurrence durable in `index/<day>/`,
 /// all but the folder fsync: returns the run's path, whose folder the
@@ -52,10 +53,13 @@ pub fn seal(
     }
     let work = work_path(work_dir, occurrence_id);
     let expected = SINGLE_HEADER + accepted * WORK_RECORD as u64;
-    if fs::metadata(&work).map_or(0, |meta| meta.len()) != expected {
+    let complete = |records: &Vec<u128>| records.len() as u64 == accepted;
+    let mut records = take_in_memory(&work).filter(complete);
+    if records.is_none() && fs::metadata(&work).map_or(0, |meta| meta.len()) != expected {
         let mut recorder = Recorder::create(&work, true);
         rebuild(&mut recorder).map_err(io_at(&work))?;
         recorder.finish();
+        records = take_in_memory(&work).filter(complete);
     }
     let dir = root(state).join(day);
     claim::create_dir_durably(&dir)?;
@@ -64,6 +68,7 @@ pub fn seal(
         work,
         occurrence_id: occurrence_id.to_string(),
         accepted,
+        records,
         run: Arc::default(),
     };
     let run = job.run.clone();
@@ -83,6 +88,8 @@ struct Job {
     work: PathBuf,
     occurrence_id: String,
     accepted: u64,
+    /// The sorted records, when the recorder kept them in memory.
+    records: Option<Vec<u128>>,
     run: Arc<Mutex<Option<PathBuf>>>,
 }
 
@@ -143,8 +150,20 @@ fn seal_together(jobs: Vec<Job>) -> Vec<Result<(), IndexError>> {
         .collect()
 }
 
-/// The work file becomes the run: header, fsync, rename into the day.
+/// The work file becomes the run: header, fsync, rename into the day (or
+/// the records kept in memory are written as the run).
 fn seal_alone(job: &Job) -> Result<PathBuf, IndexError> {
+    let run = job.dir.join(format!(
+        "{:02}-{}.run",
+        level_of(job.accepted),
+        job.occurrence_id
+    ));
+    if let Some(records) = &job.records {
+        let entries = records.iter().map(|&packed| unpack(packed, 0)).collect();
+        write_sorted(job, &run, std::slice::from_ref(&job.occurrence_id), entries)?;
+        merge_soon(&job.dir);
+        return Ok(run);
+    }
     let work = &job.work;
     let expected = SINGLE_HEADER + job.accepted * WORK_RECORD as u64;
     let file = OpenOptions::new()
@@ -164,50 +183,50 @@ fn seal_alone(job: &Job) -> Result<PathBuf, IndexError> {
     );
     file.write_all_at(&head, 0).map_err(io_at(work))?;
     file.sync_all().map_err(io_at(work))?;
-    let run = job.dir.join(format!(
-        "{:02}-{}.run",
-        level_of(job.accepted),
-        job.occurrence_id
-    ));
     claim::rename(work, &run)?;
     merge_soon(&job.dir);
     Ok(run)
 }
 
-/// Several small work files of one day merged into one run (written beside
-/// the work files, fsynced, renamed into the day), then removed.
+/// Several small files of one day in one run (written beside the work
+/// files, fsynced, renamed into the day); their work files, if any, removed.
 fn seal_several(dir: &Path, jobs: &[&Job]) -> Result<PathBuf, IndexError> {
     let mut occurrences = Vec::with_capacity(jobs.len());
-    let mut sources = Vec::new();
-    let mut count = 0;
-    for job in jobs {
-        let expected = SINGLE_HEADER + job.accepted * WORK_RECORD as u64;
-        let len = fs::metadata(&job.work).map_err(io_at(&job.work))?.len();
-        if len != expected {
-            return Err(IndexError::Io {
-                path: job.work.clone(),
-                source: io::Error::other("the recorded ids do not match the file's events"),
-            });
+    let mut entries = Vec::new();
+    for (number, job) in jobs.iter().enumerate() {
+        let number = number as u32;
+        match &job.records {
+            Some(records) => entries.extend(records.iter().map(|&packed| unpack(packed, number))),
+            None => {
+                let bytes = fs::read(&job.work).map_err(io_at(&job.work))?;
+                let expected = SINGLE_HEADER + job.accepted * WORK_RECORD as u64;
+                if bytes.len() as u64 != expected {
+                    return Err(IndexError::Io {
+                        path: job.work.clone(),
+                        source: io::Error::other("the recorded ids do not match the file's events"),
+                    });
+                }
+                let records = bytes.get(SINGLE_HEADER as usize..).unwrap_or_default();
+                entries.extend(records.chunks_exact(WORK_RECORD).map(|record| {
+                    let (key, _, line, ordinal) = decode(record, SHORT_RECORD);
+                    (key, number, line, ordinal)
+                }));
+            }
         }
-        let work = Run {
-            path: job.work.clone(),
-            occurrences: vec![job.occurrence_id.clone()],
-            records: job.accepted,
-            segment: CHUNK as u64,
-            data_start: SINGLE_HEADER,
-        };
-        sources.extend(work.sources(occurrences.len() as u32)?);
         occurrences.push(job.occurrence_id.clone());
-        count += job.accepted;
     }
-    let name = format!("{:02}-{}.run", level_of(count), uuid::Uuid::new_v4());
+    entries.sort_unstable();
+    let name = format!(
+        "{:02}-{}.run",
+        level_of(entries.len() as u64),
+        uuid::Uuid::new_v4()
+    );
     let run = dir.join(&name);
     let Some(first) = jobs.first() else {
         return Ok(run);
     };
-    let temporary = first.work.with_file_name(format!("{name}.sealing"));
-    write_run_via(&temporary, &run, &occurrences, count, sources)?;
-    for job in jobs {
+    write_sorted(first, &run, &occurrences, entries)?;
+    for job in jobs.iter().filter(|job| job.records.is_none()) {
         // Left behind only by a crash: a stale work file is replaced when
         // its occurrence is delivered again, and never read otherwise.
         let _ = fs::remove_file(&job.work);
@@ -216,8 +235,59 @@ fn seal_several(dir: &Path, jobs: &[&Job]) -> Result<PathBuf, IndexError> {
     Ok(run)
 }
 
+/// A record packed by the recorder (key, line, event number), as an entry
+/// of occurrence `number`.
+fn unpack(packed: u128, number: u32) -> Entry {
+    (
+        (packed >> 64) as u64,
+        number,
+        (packed >> 32) as u32,
+        packed as u32,
+    )
+}
+
+/// `entries`, sorted, as one run at `run`: written beside `job`'s work
+/// file, fsynced, renamed into the day (the caller syncs the day's folder).
+fn write_sorted(
+    job: &Job,
+    run: &Path,
+    occurrences: &[String],
+    entries: Vec<Entry>,
+) -> Result<(), IndexError> {
+    let temporary = job.work.with_extension("sealing");
+    let count = entries.len() as u64;
+    let result = (|| -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(64 * 1024, File::create(&temporary)?);
+        out.write_all(&header(occurrences, count, count))?;
+        let short = occurrences.len() == 1;
+        let mut record = [0u8; RUN_RECORD];
+        for (key, occ, line, ordinal) in entries {
+            record[..8].copy_from_slice(&key.to_le_bytes());
+            if short {
+                record[8..12].copy_from_slice(&line.to_le_bytes());
+                record[12..16].copy_from_slice(&ordinal.to_le_bytes());
+                out.write_all(&record[..SHORT_RECORD])?;
+            } else {
+                record[8..12].copy_from_slice(&occ.to_le_bytes());
+                record[12..16].copy_from_slice(&line.to_le_bytes());
+                record[16..].copy_from_slice(&ordinal.to_le_bytes());
+                out.write_all(&record)?;
+            }
+        }
+        let file = out.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        fs::rename(&temporary, run)
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&temporary);
+        return Err(io_at(run)(err));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::format::Run;
     use super::super::lookup::{lookup, runs_in};
     use super::*;
 
@@ -242,8 +312,14 @@ mod tests {
                     recorder.record(&id(file * 100 + row), row + 2);
                 }
                 recorder.finish();
+                if file != 1 {
+                    // As a larger file's recorder leaves them.
+                    write_work_file(&work, take_in_memory(&work).expect("kept in memory"));
+                }
                 Job {
                     dir: day.clone(),
+                    // One file's records in memory, the others' in their work files.
+                    records: (file == 1).then(|| take_in_memory(&work)).flatten(),
                     work,
                     occurrence_id,
                     accepted: 20,
@@ -276,7 +352,18 @@ mod tests {
             work: job.work.clone(),
             occurrence_id: job.occurrence_id.clone(),
             accepted: job.accepted,
+            records: job.records.clone(),
             run: job.run.clone(),
         }
+    }
+
+    fn write_work_file(work: &Path, records: Vec<u128>) {
+        let mut bytes = vec![0u8; SINGLE_HEADER as usize];
+        for packed in records {
+            bytes.extend_from_slice(&((packed >> 64) as u64).to_le_bytes());
+            bytes.extend_from_slice(&((packed >> 32) as u32).to_le_bytes());
+            bytes.extend_from_slice(&(packed as u32).to_le_bytes());
+        }
+        fs::write(work, bytes).expect("work file");
     }
 }

@@ -87,7 +87,10 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
             (Some(print), Verdict::Archived, true) => {
                 seal_index(ctx, work, &occurrence, print, &day, accepted).await
             }
-            _ => Ok(None),
+            _ => {
+                index::discard(&ctx.dirs.work, &occurrence.id);
+                Ok(None)
+            }
         }
     };
     let papers_written = blocking(move || papers.write(report));
