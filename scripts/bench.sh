@@ -32,8 +32,9 @@
 # by one process, all at once (as an SFTP server's uploads land; a `mv` a
 # file would take seconds of process starts on its own), once with the file
 # sink and once to the test server; prints files/s (from the first rename to
-# the last report, settle_ms included), requests per 1,000 events, the
-# daemon's peak RSS and CPU seconds (user + system).
+# the last report; a file renamed in is read at once, without settle_ms),
+# requests per 1,000 events, the daemon's peak RSS and CPU seconds (user +
+# system).
 #
 # Partner files, for BENCH_PARTNER_ROWS rows (default 1000000; 0 skips it):
 # the same rows as UTF-8, as UTF-16, as .csv.gz and with iso8601 dates.
@@ -305,7 +306,7 @@ for name in sorted(os.listdir(stage)):
 
 token=bench-token
 echo
-echo "Storm: $storm_files files of 20 rows renamed into a running daemon (settle_ms 2000 included)"
+echo "Storm: $storm_files files of 20 rows renamed into a running daemon"
 printf '%-12s %9s %9s %16s %9s %8s\n' sink seconds files/s requests/1000ev peak_MiB cpu_s
 read -r _ start end rss cpu < <(storm_run file "kind = \"file\"
 dir = \"$work/storm-file/outbox\"
