@@ -374,6 +374,9 @@ impl Sshd {
         command
             .args(["--silent", "--show-error", "--fail", "--insecure"])
             .args(["--connect-timeout", "10"])
+            // A connection sshd refuses now and then (seen once in CI, at
+            // the start of four sessions at once) is tried again.
+            .args(["--retry", "3", "--retry-connrefused", "--retry-delay", "1"])
             .arg("--key")
             .arg(&self.key)
             .arg("--pubkey")
