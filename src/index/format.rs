@@ -104,6 +104,23 @@ impl Source {
     }
 }
 
+/// `entry` as a record of `size` bytes ([`SHORT_RECORD`] leaves out the
+/// occurrence number): the inverse of [`decode`].
+pub(super) fn encode(entry: Entry, size: usize) -> [u8; RUN_RECORD] {
+    let (key, occ, line, ordinal) = entry;
+    let mut record = [0u8; RUN_RECORD];
+    record[..8].copy_from_slice(&key.to_le_bytes());
+    if size == SHORT_RECORD {
+        record[8..12].copy_from_slice(&line.to_le_bytes());
+        record[12..16].copy_from_slice(&ordinal.to_le_bytes());
+    } else {
+        record[8..12].copy_from_slice(&occ.to_le_bytes());
+        record[12..16].copy_from_slice(&line.to_le_bytes());
+        record[16..].copy_from_slice(&ordinal.to_le_bytes());
+    }
+    record
+}
+
 /// A record of `size` bytes: (key, occurrence number, line).
 pub(super) fn decode(record: &[u8], size: usize) -> Entry {
     if size == SHORT_RECORD {

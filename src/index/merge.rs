@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
 
-use super::format::{header, record_size, Run, Source, RUN_RECORD, SHORT_RECORD};
+use super::format::{encode, header, record_size, Run, Source, RUN_RECORD};
 use super::lookup::runs_in;
 use super::{io_at, IndexError};
 use crate::claim;
@@ -152,20 +152,9 @@ pub(super) fn write_run_via(
                 heads.push(std::cmp::Reverse((head, index)));
             }
         }
-        let short = record_size(occurrences.len()) == SHORT_RECORD;
-        let mut record = [0u8; RUN_RECORD];
-        while let Some(std::cmp::Reverse(((key, occ, line, ordinal), index))) = heads.pop() {
-            record[..8].copy_from_slice(&key.to_le_bytes());
-            if short {
-                record[8..12].copy_from_slice(&line.to_le_bytes());
-                record[12..16].copy_from_slice(&ordinal.to_le_bytes());
-                out.write_all(&record[..SHORT_RECORD])?;
-            } else {
-                record[8..12].copy_from_slice(&occ.to_le_bytes());
-                record[12..16].copy_from_slice(&line.to_le_bytes());
-                record[16..].copy_from_slice(&ordinal.to_le_bytes());
-                out.write_all(&record)?;
-            }
+        let size = record_size(occurrences.len());
+        while let Some(std::cmp::Reverse((entry, index))) = heads.pop() {
+            out.write_all(&encode(entry, size)[..size])?;
             let source = &mut sources[index];
             source.advance()?;
             if let Some(head) = source.head {

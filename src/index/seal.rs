@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::format::{decode, header, Entry, RUN_RECORD, SHORT_RECORD, SINGLE_HEADER};
+use super::format::{decode, encode, header, record_size, Entry, SHORT_RECORD, SINGLE_HEADER};
 use super::merge::{level_of, merge_soon};
 use super::record::{take_in_memory, Recorder, CHUNK, IN_MEMORY_EVENTS, WORK_RECORD};
 use super::{disabled, io_at, root, work_path, IndexError, OCC_LEN};
@@ -259,20 +259,9 @@ fn write_sorted(
     let result = (|| -> io::Result<()> {
         let mut out = BufWriter::with_capacity(64 * 1024, File::create(&temporary)?);
         out.write_all(&header(occurrences, count, count))?;
-        let short = occurrences.len() == 1;
-        let mut record = [0u8; RUN_RECORD];
-        for (key, occ, line, ordinal) in entries {
-            record[..8].copy_from_slice(&key.to_le_bytes());
-            if short {
-                record[8..12].copy_from_slice(&line.to_le_bytes());
-                record[12..16].copy_from_slice(&ordinal.to_le_bytes());
-                out.write_all(&record[..SHORT_RECORD])?;
-            } else {
-                record[8..12].copy_from_slice(&occ.to_le_bytes());
-                record[12..16].copy_from_slice(&line.to_le_bytes());
-                record[16..].copy_from_slice(&ordinal.to_le_bytes());
-                out.write_all(&record)?;
-            }
+        let size = record_size(occurrences.len());
+        for entry in entries {
+            out.write_all(&encode(entry, size)[..size])?;
         }
         let file = out.into_inner().map_err(|err| err.into_error())?;
         file.sync_all()?;
