@@ -108,10 +108,96 @@ pub fn claim_move_unsynced(source: &Path, destination: &Path) -> Result<(), Clai
 }
 
 /// Copies a file into `processing/` and leaves the original in place (the
-/// `import` command: the operator's own file is not ours to move).
-pub fn claim_copy(source: &Path, destination: &Path) -> Result<(), ClaimError> {
-    copy_durably(source, destination)?;
-    sync_dir_of(destination)
+/// `import` command: the operator's own file is not ours to move). Returns
+/// the fingerprint of the bytes copied: the file is read once, and what is
+/// hashed is what was written, whatever happens to the original meanwhile.
+pub fn claim_copy(source: &Path, destination: &Path) -> Result<Fingerprint, ClaimError> {
+    let mut input = open_regular(source).map_err(io_at(source))?;
+    let mut fingerprint = None;
+    replace_durably(destination, "claiming", |output| {
+        fingerprint = Some(copy_fingerprinted(&mut input, output)?);
+        Ok(())
+    })?;
+    sync_dir_of(destination)?;
+    fingerprint.ok_or_else(|| io_at(source)(io::Error::other("the copy made no fingerprint")))
+}
+
+/// Bytes a copy reads at once; [`COPY_BUFFERS`] of them are in use between
+/// the copying and the hashing thread.
+const COPY_CHUNK: usize = 1 << 20;
+const COPY_BUFFERS: usize = 4;
+/// The copy's writeback is started every this many bytes, so that the
+/// final fsync waits only for the tail, not for the whole file.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// Copies `input` to `output`, hashing on a second thread what was read:
+/// SHA-256 costs as much as the copy itself, so each runs on its own core.
+fn copy_fingerprinted(input: &mut File, output: &mut File) -> io::Result<Fingerprint> {
+    use std::sync::mpsc;
+    let (filled, to_hash) = mpsc::sync_channel::<(Vec<u8>, usize)>(COPY_BUFFERS);
+    let (hashed, to_fill) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..COPY_BUFFERS {
+        let _ = hashed.send(vec![0u8; COPY_CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut print = Fingerprinting::new();
+            for (buffer, len) in to_hash {
+                print.feed(buffer.get(..len).unwrap_or_default());
+                // The copier may have stopped already: nothing left to fill.
+                let _ = hashed.send(buffer);
+            }
+            print.finish()
+        });
+        let copied = copy_chunks(input, output, &to_fill, &filled);
+        drop(filled);
+        let fingerprint = hasher
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread stopped"))?;
+        copied.map(|()| fingerprint)
+    })
+}
+
+fn copy_chunks(
+    input: &mut File,
+    output: &mut File,
+    to_fill: &std::sync::mpsc::Receiver<Vec<u8>>,
+    filled: &std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+) -> io::Result<()> {
+    let stopped = || io::Error::other("the hashing thread stopped");
+    let (mut written, mut written_back) = (0u64, 0u64);
+    loop {
+        let mut buffer = to_fill.recv().map_err(|_| stopped())?;
+        let read = loop {
+            match input.read(&mut buffer) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if read == 0 {
+            return Ok(());
+        }
+        output.write_all(buffer.get(..read).unwrap_or_default())?;
+        written += read as u64;
+        if written - written_back >= WRITEBACK_BYTES {
+            start_writeback(output, written_back, written - written_back);
+            written_back = written;
+        }
+        filled.send((buffer, read)).map_err(|_| stopped())?;
+    }
+}
+
+/// Asks the kernel to start writing a range out, without waiting: only a
+/// head start for the fsync that follows, so its failure is not an error.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a valid open descriptor; the call only schedules writeback.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Copy to a temporary name, fsync, then rename: the destination is either
@@ -174,10 +260,8 @@ pub struct Fingerprint {
 
 pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
     let mut file = open_regular(path)?;
-    let mut hasher = Sha256::new();
-    let mut probe = ContentProbe::new();
+    let mut print = Fingerprinting::new();
     let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
     loop {
         let read = match file.read(&mut buffer) {
             Ok(0) => break,
@@ -185,16 +269,41 @@ pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         };
-        hasher.update(&buffer[..read]);
-        probe.feed(&buffer[..read]);
-        size += read as u64;
+        print.feed(&buffer[..read]);
     }
-    Ok(Fingerprint {
-        sha256: hex(&hasher.finalize()),
-        size,
-        is_utf8: probe.is_utf8(),
-        bom: probe.bom(),
-    })
+    Ok(print.finish())
+}
+
+/// A [`Fingerprint`] being computed, chunk by chunk.
+struct Fingerprinting {
+    hasher: Sha256,
+    probe: ContentProbe,
+    size: u64,
+}
+
+impl Fingerprinting {
+    fn new() -> Fingerprinting {
+        Fingerprinting {
+            hasher: Sha256::new(),
+            probe: ContentProbe::new(),
+            size: 0,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.probe.feed(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    fn finish(self) -> Fingerprint {
+        Fingerprint {
+            sha256: hex(&self.hasher.finalize()),
+            size: self.size,
+            is_utf8: self.probe.is_utf8(),
+            bom: self.probe.bom(),
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -402,6 +511,28 @@ mod tests {
         assert!(print.is_utf8);
         fs::write(&path, b"caf\xe9").expect("write");
         assert!(!fingerprint(&path).expect("fingerprint").is_utf8);
+    }
+
+    #[test]
+    fn a_copy_is_whole_and_its_fingerprint_is_of_the_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("big.csv");
+        // More chunks than buffers, and a last chunk cut short.
+        let content: Vec<u8> = (0..(COPY_CHUNK * (COPY_BUFFERS + 3) + 12_345))
+            .map(|i| b"abc;\n\xe9"[i % 6])
+            .collect();
+        fs::write(&source, &content).expect("write");
+        let destination = dir.path().join("copy.csv");
+        let print = claim_copy(&source, &destination).expect("copy");
+        assert_eq!(fs::read(&destination).expect("read"), content);
+        assert_eq!(print, fingerprint(&destination).expect("fingerprint"));
+        assert_eq!(print.size, content.len() as u64);
+        assert!(!print.is_utf8, "a lone \\xe9 is not UTF-8");
+        assert!(source.exists(), "the operator's file stays");
+        let empty = dir.path().join("empty.csv");
+        fs::write(&empty, "").expect("write");
+        let print = claim_copy(&empty, &dir.path().join("empty-copy.csv")).expect("copy");
+        assert_eq!(print, fingerprint(&empty).expect("fingerprint"));
     }
 
     #[test]

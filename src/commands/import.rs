@@ -18,6 +18,7 @@ use crate::journal::Journal;
 use crate::metrics::{Counters, Metrics};
 use crate::pipeline::{self, Context, Verdict, Work};
 use crate::sink::Sink;
+use crate::unpack;
 
 pub struct ImportOptions<'a> {
     pub config: Option<&'a Path>,
@@ -38,7 +39,7 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
     let journal = Journal::open(&dirs.root)?;
     let occurrence_id = uuid::Uuid::new_v4().to_string();
     let processing = dirs.processing_path(&occurrence_id, &file_name);
-    claim::claim_copy(options.file, &processing)?;
+    let copied = claim::claim_copy(options.file, &processing)?;
     journal.record_claim(
         &occurrence_id,
         &import.name,
@@ -46,6 +47,12 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         &processing,
         &pipeline::now_rfc3339(),
     )?;
+    // A packed file's fingerprint also probes its content: the pipeline's
+    // fingerprint step reads that.
+    let fingerprint = (unpack::Packing::of(&file_name) == unpack::Packing::Plain).then_some(copied);
+    if let Some(print) = &fingerprint {
+        journal.record_fingerprint(&occurrence_id, &print.sha256, print.size)?;
+    }
 
     let runtime = one_thread_runtime()?;
     let shutdown = CancellationToken::new();
@@ -73,7 +80,7 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
             occurrence_id: occurrence_id.clone(),
             import,
         };
-        let result = pipeline::process(&ctx, &work).await;
+        let result = pipeline::process_claimed(&ctx, &work, None, fingerprint).await;
         if let Some((bar, task)) = bar {
             task.abort();
             bar.finish_and_clear();
