@@ -218,17 +218,40 @@ fn replace_durably(
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), ClaimError> {
     let temporary = temporary_beside(destination, suffix);
-    let written = File::create(&temporary)
-        .and_then(|mut file| {
-            fill(&mut file)?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temporary, destination));
+    let written = File::create(&temporary).and_then(|mut file| {
+        // Held until the rename: see [`remove_if_abandoned`].
+        lock(&file, libc::LOCK_EX | libc::LOCK_NB);
+        fill(&mut file)?;
+        file.sync_all()?;
+        fs::rename(&temporary, destination)
+    });
     if let Err(err) = written {
         let _ = fs::remove_file(&temporary);
         return Err(io_at(destination)(err));
     }
     Ok(())
+}
+
+/// Removes a temporary file left by an interrupted copy, unless its writer
+/// still holds it (an `import` beside the daemon copies into `processing/`
+/// too): every temporary is locked by its writer until its rename. Whether
+/// it was removed.
+pub fn remove_if_abandoned(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    lock(&file, libc::LOCK_EX | libc::LOCK_NB) && fs::remove_file(path).is_ok()
+}
+
+/// `flock(2)`: whether the lock was taken.
+fn lock(file: &File, operation: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; flock only changes its lock.
+    unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
 }
 
 /// Opens a regular file for reading, refusing symbolic links (`O_NOFOLLOW`)
@@ -533,6 +556,23 @@ mod tests {
         fs::write(&empty, "").expect("write");
         let print = claim_copy(&empty, &dir.path().join("empty-copy.csv")).expect("copy");
         assert_eq!(print, fingerprint(&empty).expect("fingerprint"));
+    }
+
+    #[test]
+    fn a_temporary_is_removed_only_once_its_writer_let_it_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let temporary = dir.path().join("0123.claiming");
+        let writer = File::create(&temporary).expect("create");
+        assert!(lock(&writer, libc::LOCK_EX | libc::LOCK_NB));
+        assert!(
+            !remove_if_abandoned(&temporary),
+            "its writer still holds it"
+        );
+        assert!(temporary.exists());
+        drop(writer);
+        assert!(remove_if_abandoned(&temporary), "abandoned");
+        assert!(!temporary.exists());
+        assert!(!remove_if_abandoned(&temporary), "already gone");
     }
 
     #[test]

@@ -295,3 +295,37 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     );
     assert_eq!(site.outbox_events()[0]["metadata"]["import"], "shop");
 }
+
+/// An `import` beside the daemon copies into processing/ too: a daemon
+/// starting meanwhile leaves that copy alone (its writer holds a lock on it
+/// until its rename) and removes the one an interrupted copy left.
+#[test]
+fn start_up_removes_an_abandoned_copy_but_not_one_being_written() {
+    use std::os::fd::AsRawFd;
+    let site = Site::new(IMPORT);
+    let processing = site.state.join("processing");
+    std::fs::create_dir_all(&processing).expect("processing/");
+    let abandoned = processing.join("0f0e0d0c0b0a09080706050403020100.claiming");
+    let in_use = processing.join("000102030405060708090a0b0c0d0e0f.claiming");
+    std::fs::write(&abandoned, "half a copy").expect("write");
+    let writer = std::fs::File::create(&in_use).expect("create");
+    // SAFETY: a valid open descriptor; flock only takes its lock.
+    let locked = unsafe { libc::flock(writer.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0, "the test holds the copy's lock");
+    let daemon = site.start();
+    assert!(
+        wait_until(LONG, || site.log().contains("consent-drop is running")),
+        "log:\n{}",
+        site.log()
+    );
+    assert!(
+        !abandoned.exists(),
+        "an abandoned copy is removed at start-up"
+    );
+    assert!(
+        in_use.exists(),
+        "a copy being written is left to its writer"
+    );
+    daemon.stop_cleanly();
+    drop(writer);
+}

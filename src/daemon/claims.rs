@@ -165,8 +165,10 @@ pub(super) fn recover(ctx: &Context, config: &Config) -> Result<Vec<Work>, Daemo
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".claiming") {
-            // An interrupted cross-device copy; the original is still in the drop folder.
-            let _ = std::fs::remove_file(entry.path());
+            // An interrupted copy: its original is still in the drop folder
+            // (or the operator's, for `import`). A copy still being written
+            // (an `import` beside the daemon) is left alone.
+            claim::remove_if_abandoned(&entry.path());
             continue;
         }
         let Some((id, original)) = claim::parse_processing_name(&name) else {
