@@ -112,92 +112,77 @@ pub fn claim_move_unsynced(source: &Path, destination: &Path) -> Result<(), Clai
 /// the fingerprint of the bytes copied: the file is read once, and what is
 /// hashed is what was written, whatever happens to the original meanwhile.
 pub fn claim_copy(source: &Path, destination: &Path) -> Result<Fingerprint, ClaimError> {
-    let mut input = open_regular(source).map_err(io_at(source))?;
+    let input = open_regular(source).map_err(io_at(source))?;
     let mut fingerprint = None;
     replace_durably(destination, "claiming", |output| {
-        fingerprint = Some(copy_fingerprinted(&mut input, output)?);
+        fingerprint = Some(copy_fingerprinted(&input, output)?);
         Ok(())
     })?;
     sync_dir_of(destination)?;
     fingerprint.ok_or_else(|| io_at(source)(io::Error::other("the copy made no fingerprint")))
 }
 
-/// Bytes a copy reads at once; [`COPY_BUFFERS`] of them are in use between
-/// the copying and the hashing thread.
-const COPY_CHUNK: usize = 1 << 20;
-const COPY_BUFFERS: usize = 4;
-/// The copy's writeback is started every this many bytes, so that the
-/// final fsync waits only for the tail, not for the whole file.
-const WRITEBACK_BYTES: u64 = 8 << 20;
+/// The copy goes this many bytes at a time; the hashing thread reads each
+/// stretch back (from the page cache) while the kernel copies the next.
+const COPY_STRETCH: u64 = 8 << 20;
+const HASH_READ: usize = 1 << 20;
 
-/// Copies `input` to `output`, hashing on a second thread what was read:
-/// SHA-256 costs as much as the copy itself, so each runs on its own core.
-fn copy_fingerprinted(input: &mut File, output: &mut File) -> io::Result<Fingerprint> {
+/// Copies `input` to `output` in the kernel (`copy_file_range`, through
+/// `io::copy`), while a second thread reads back and hashes what is already
+/// copied: SHA-256 costs as much as the copy, so each runs on its own core,
+/// and what is hashed is the copy itself.
+fn copy_fingerprinted(input: &File, output: &File) -> io::Result<Fingerprint> {
     use std::sync::mpsc;
-    let (filled, to_hash) = mpsc::sync_channel::<(Vec<u8>, usize)>(COPY_BUFFERS);
-    let (hashed, to_fill) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..COPY_BUFFERS {
-        let _ = hashed.send(vec![0u8; COPY_CHUNK]);
-    }
+    let (copied_to, to_hash) = mpsc::channel::<u64>();
     std::thread::scope(|scope| {
-        let hasher = scope.spawn(move || {
-            let mut print = Fingerprinting::new();
-            for (buffer, len) in to_hash {
-                print.feed(buffer.get(..len).unwrap_or_default());
-                // The copier may have stopped already: nothing left to fill.
-                let _ = hashed.send(buffer);
+        let hasher = scope.spawn(move || hash_as_copied(output, &to_hash));
+        let copied = (|| {
+            let mut total = 0u64;
+            loop {
+                let stretch = io::copy(&mut input.take(COPY_STRETCH), &mut &*output)?;
+                if stretch == 0 {
+                    return Ok(());
+                }
+                total += stretch;
+                // A hasher gone has failed: its join below says why.
+                let _ = copied_to.send(total);
             }
-            print.finish()
-        });
-        let copied = copy_chunks(input, output, &to_fill, &filled);
-        drop(filled);
-        let fingerprint = hasher
+        })();
+        drop(copied_to);
+        let hashed = hasher
             .join()
             .map_err(|_| io::Error::other("the hashing thread stopped"))?;
-        copied.map(|()| fingerprint)
+        copied.and(hashed)
     })
 }
 
-fn copy_chunks(
-    input: &mut File,
-    output: &mut File,
-    to_fill: &std::sync::mpsc::Receiver<Vec<u8>>,
-    filled: &std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
-) -> io::Result<()> {
-    let stopped = || io::Error::other("the hashing thread stopped");
-    let (mut written, mut written_back) = (0u64, 0u64);
-    loop {
-        let mut buffer = to_fill.recv().map_err(|_| stopped())?;
-        let read = loop {
-            match input.read(&mut buffer) {
+/// Reads `copy` back up to each length received, hashing it.
+fn hash_as_copied(
+    copy: &File,
+    lengths: &std::sync::mpsc::Receiver<u64>,
+) -> io::Result<Fingerprint> {
+    use std::os::unix::fs::FileExt;
+    let mut print = Fingerprinting::new();
+    let mut buffer = vec![0u8; HASH_READ];
+    for length in lengths {
+        while print.size < length {
+            let want =
+                usize::try_from(length - print.size).map_or(HASH_READ, |left| left.min(HASH_READ));
+            let read = match copy.read_at(&mut buffer[..want], print.size) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the copy is shorter than copied",
+                    ))
+                }
+                Ok(read) => read,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        if read == 0 {
-            return Ok(());
+                Err(err) => return Err(err),
+            };
+            print.feed(&buffer[..read]);
         }
-        output.write_all(buffer.get(..read).unwrap_or_default())?;
-        written += read as u64;
-        if written - written_back >= WRITEBACK_BYTES {
-            start_writeback(output, written_back, written - written_back);
-            written_back = written;
-        }
-        filled.send((buffer, read)).map_err(|_| stopped())?;
     }
-}
-
-/// Asks the kernel to start writing a range out, without waiting: only a
-/// head start for the fsync that follows, so its failure is not an error.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a valid open descriptor; the call only schedules writeback.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
+    Ok(print.finish())
 }
 
 /// Copy to a temporary name, fsync, then rename: the destination is either
@@ -218,7 +203,14 @@ fn replace_durably(
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), ClaimError> {
     let temporary = temporary_beside(destination, suffix);
-    let written = File::create(&temporary).and_then(|mut file| {
+    // Readable too: `claim_copy` hashes the copy as it is written.
+    let created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary);
+    let written = created.and_then(|mut file| {
         // Held until the rename: see [`remove_if_abandoned`].
         lock(&file, libc::LOCK_EX | libc::LOCK_NB);
         fill(&mut file)?;
@@ -540,8 +532,8 @@ mod tests {
     fn a_copy_is_whole_and_its_fingerprint_is_of_the_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("big.csv");
-        // More chunks than buffers, and a last chunk cut short.
-        let content: Vec<u8> = (0..(COPY_CHUNK * (COPY_BUFFERS + 3) + 12_345))
+        // Several stretches, and a last one cut short.
+        let content: Vec<u8> = (0..(HASH_READ * 3 + COPY_STRETCH as usize * 2 + 12_345))
             .map(|i| b"abc;\n\xe9"[i % 6])
             .collect();
         fs::write(&source, &content).expect("write");
