@@ -195,33 +195,43 @@ fn copy_durably(source: &Path, destination: &Path) -> Result<(), ClaimError> {
 }
 
 /// Fills a temporary file beside `destination`, fsyncs it and renames it
-/// into place, so that `destination` is either absent or whole. On failure
-/// the temporary file is removed: a full disk must not keep half copies.
+/// into place: see [`fill_and_rename`].
 fn replace_durably(
     destination: &Path,
     suffix: &str,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), ClaimError> {
     let temporary = temporary_beside(destination, suffix);
-    // Readable too: `claim_copy` hashes the copy as it is written.
+    fill_and_rename(&temporary, destination, fill).map_err(io_at(destination))
+}
+
+/// Fills `temporary`, fsyncs it and renames it to `destination`, so that
+/// `destination` is either absent or whole; the caller syncs the folder.
+/// On failure `temporary` is removed: a full disk must not keep half
+/// files. Its writer locks it until the rename (see
+/// [`remove_if_abandoned`]); it is readable too, for `claim_copy`, which
+/// hashes the copy as it is written.
+pub fn fill_and_rename(
+    temporary: &Path,
+    destination: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let created = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&temporary);
+        .open(temporary);
     let written = created.and_then(|mut file| {
-        // Held until the rename: see [`remove_if_abandoned`].
         lock(&file, libc::LOCK_EX | libc::LOCK_NB);
         fill(&mut file)?;
         file.sync_all()?;
-        fs::rename(&temporary, destination)
+        fs::rename(temporary, destination)
     });
-    if let Err(err) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(io_at(destination)(err));
+    if written.is_err() {
+        let _ = fs::remove_file(temporary);
     }
-    Ok(())
+    written
 }
 
 /// Removes a temporary file left by an interrupted copy, unless its writer

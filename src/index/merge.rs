@@ -118,31 +118,12 @@ fn write_run(
     path: &Path,
     occurrences: &[String],
     count: u64,
-    sources: Vec<Source>,
-) -> Result<(), IndexError> {
-    write_run_via(
-        &path.with_extension("run.partial"),
-        path,
-        occurrences,
-        count,
-        sources,
-    )?;
-    claim::sync_dir_of(path)?;
-    Ok(())
-}
-
-/// Merges `sources` into a run written at `temporary`, fsynced, then
-/// renamed to `path`; the caller syncs `path`'s folder.
-pub(super) fn write_run_via(
-    temporary: &Path,
-    path: &Path,
-    occurrences: &[String],
-    count: u64,
     mut sources: Vec<Source>,
 ) -> Result<(), IndexError> {
-    let result = (|| -> io::Result<()> {
+    let temporary = path.with_extension("run.partial");
+    claim::fill_and_rename(&temporary, path, |file| {
         let buffer = (count as usize * RUN_RECORD).clamp(4 * 1024, 256 * 1024);
-        let mut out = BufWriter::with_capacity(buffer, File::create(temporary)?);
+        let mut out = BufWriter::with_capacity(buffer, file);
         out.write_all(&header(occurrences, count, count))?;
         // A k-way merge on a heap of the sources' heads.
         let mut heads = std::collections::BinaryHeap::new();
@@ -161,14 +142,10 @@ pub(super) fn write_run_via(
                 heads.push(std::cmp::Reverse((head, index)));
             }
         }
-        let file = out.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()?;
-        fs::rename(temporary, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(temporary);
-        return Err(io_at(path)(err));
-    }
+        out.flush()
+    })
+    .map_err(io_at(path))?;
+    claim::sync_dir_of(path)?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 //! merge thread).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -256,22 +256,16 @@ fn write_sorted(
 ) -> Result<(), IndexError> {
     let temporary = job.work.with_extension("sealing");
     let count = entries.len() as u64;
-    let result = (|| -> io::Result<()> {
-        let mut out = BufWriter::with_capacity(64 * 1024, File::create(&temporary)?);
+    claim::fill_and_rename(&temporary, run, |file| {
+        let mut out = BufWriter::with_capacity(64 * 1024, file);
         out.write_all(&header(occurrences, count, count))?;
         let size = record_size(occurrences.len());
         for entry in entries {
             out.write_all(&encode(entry, size)[..size])?;
         }
-        let file = out.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()?;
-        fs::rename(&temporary, run)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&temporary);
-        return Err(io_at(run)(err));
-    }
-    Ok(())
+        out.flush()
+    })
+    .map_err(io_at(run))
 }
 
 #[cfg(test)]
