@@ -344,6 +344,14 @@ impl CrashRig {
         command.spawn().expect("start the daemon")
     }
 
+    /// How many times a daemon of `site` has said it is running.
+    fn runs_logged(&self, site: usize) -> usize {
+        fs::read_to_string(self.work.path().join(format!("{}.log", SITES[site])))
+            .unwrap_or_default()
+            .matches("consent-drop is running")
+            .count()
+    }
+
     fn log_tail(&self, site: usize) -> String {
         let log = fs::read_to_string(self.work.path().join(format!("{}.log", SITES[site])))
             .unwrap_or_default();
@@ -801,6 +809,7 @@ impl CrashRig {
     /// every durable drop is settled and delivered.
     fn finish(&mut self) -> Result<String, Violation> {
         let mut fs_ = PowerCutFs::mount(self.work.path()).expect("mount");
+        let runs_before = [self.runs_logged(HTTP), self.runs_logged(FILE)];
         let mut daemons = [self.start(HTTP), self.start(FILE)];
         let backing = self.backing();
         let settled = || {
@@ -815,14 +824,26 @@ impl CrashRig {
                 .all(|name| !name.ends_with(".partial"))
         };
         let done = wait_until(Duration::from_secs(180), settled);
-        let mut clean = true;
+        // Everything may be settled before this last start: a SIGTERM sent
+        // before a daemon has set its handlers would kill it, so each must
+        // first say it is running.
+        wait_until(Duration::from_secs(60), || {
+            [HTTP, FILE]
+                .iter()
+                .zip(runs_before)
+                .all(|(&site, before)| self.runs_logged(site) > before)
+        });
+        let mut stopped = Vec::new();
         for daemon in &mut daemons {
             // SAFETY: kill(2) with our own child's pid.
             unsafe {
                 libc::kill(daemon.id() as i32, libc::SIGTERM);
             }
-            clean &= daemon.wait().is_ok_and(|status| status.success());
+            stopped.push(daemon.wait());
         }
+        let clean = stopped
+            .iter()
+            .all(|status| status.as_ref().is_ok_and(|status| status.success()));
         fs_.unmount().expect("unmount");
         drop(fs_);
         if !done {
@@ -834,7 +855,11 @@ impl CrashRig {
             ));
         }
         if !clean {
-            return Err("a daemon did not stop cleanly on SIGTERM".into());
+            return Err(format!(
+                "a daemon did not stop cleanly on SIGTERM: {stopped:?}\nhttp log:\n{}\nfile log:\n{}",
+                self.log_tail(HTTP),
+                self.log_tail(FILE)
+            ));
         }
         self.check_after_cut(true)?;
         let durable = self.dropped.iter().filter(|d| d.durable).count();
