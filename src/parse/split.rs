@@ -329,21 +329,28 @@ impl Rec {
 /// a line break (CRLF, CR or LF) is `\n`, blanks after the closing quote are
 /// dropped, text after them is kept.
 pub(super) fn unquote(raw: &[u8], out: &mut Vec<u8>) {
-    let mut bytes = raw.get(1..).unwrap_or_default().iter().peekable();
-    while let Some(&b) = bytes.next() {
-        if b == b'\r' {
-            bytes.next_if_eq(&&b'\n');
+    let mut rest = raw.get(1..).unwrap_or_default();
+    // Runs between quotes and carriage returns are copied whole: a byte at a
+    // time, this was a fortieth of an import's CPU on files that quote text.
+    while let Some(at) = memchr::memchr2(b'"', b'\r', rest) {
+        out.extend_from_slice(&rest[..at]);
+        let after = &rest[at + 1..];
+        if rest[at] == b'\r' {
             out.push(b'\n');
-        } else if b != b'"' {
-            out.push(b);
-        } else if bytes.next_if_eq(&&b'"').is_some() {
+            rest = after.strip_prefix(b"\n").unwrap_or(after);
+        } else if let Some(after_pair) = after.strip_prefix(b"\"") {
             out.push(b'"');
+            rest = after_pair;
         } else {
-            break;
+            let dropped = after
+                .iter()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            out.extend_from_slice(&after[dropped..]);
+            return;
         }
     }
-    while bytes.next_if(|&&b| b == b' ' || b == b'\t').is_some() {}
-    out.extend(bytes);
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]
@@ -387,6 +394,40 @@ mod tests {
             let mut out = Vec::new();
             unquote(raw, &mut out);
             assert_eq!(out, want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// The byte-at-a-time reading of a quoted field that `unquote` must
+    /// agree with.
+    fn unquote_bytewise(raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut bytes = raw.get(1..).unwrap_or_default().iter().peekable();
+        while let Some(&b) = bytes.next() {
+            if b == b'\r' {
+                bytes.next_if_eq(&&b'\n');
+                out.push(b'\n');
+            } else if b != b'"' {
+                out.push(b);
+            } else if bytes.next_if_eq(&&b'"').is_some() {
+                out.push(b'"');
+            } else {
+                break;
+            }
+        }
+        while bytes.next_if(|&&b| b == b' ' || b == b'\t').is_some() {}
+        out.extend(bytes);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn unquote_reads_runs_as_the_bytewise_reading_does(
+            raw in proptest::collection::vec(
+                proptest::sample::select(b"\"\r\n \tab;".to_vec()), 0..40)
+        ) {
+            let mut out = Vec::new();
+            unquote(&raw, &mut out);
+            proptest::prop_assert_eq!(out, unquote_bytewise(&raw));
         }
     }
 
