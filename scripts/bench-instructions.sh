@@ -12,9 +12,9 @@
 # fingerprint; then the whole run against the first BIN in percent.
 #
 # Counts repeat within about 0.5% from run to run (threads interleave
-# differently), but they are not time: valgrind runs
-# SHA-1 and SHA-256 in software (no SHA instructions), so those weigh more
-# than on the machine, and the kernel's work (copies, fsyncs) is not counted.
+# differently), but they are not time: valgrind runs SHA-1 and SHA-256 in
+# software (no SHA instructions), so those weigh more than on the machine,
+# and the kernel's work (copies, fsyncs) is not counted.
 # Stage figures follow function names, which inlining can change between
 # builds: compare totals across builds. Time figures are in scripts/bench.sh.
 # Needs valgrind (`apt-get install valgrind`); 100k rows take about 15 s a BIN.
@@ -38,12 +38,11 @@ config > "$work/bench.toml"
 mkdir -p "$work/drop"
 "$1" sample -c "$work/bench.toml" --import bench --rows "$rows" -o "$work/pr-bench.csv"
 
-# inclusive FILE REGEX: millions of instructions in the first (outermost)
-# function whose line matches REGEX, callees included
+# inclusive REGEX: millions of instructions in the first (outermost)
+# function of the run's inclusive listing whose line matches REGEX
 inclusive() {
-  callgrind_annotate --inclusive=yes "$1" 2> /dev/null |
-    awk -v f="$2" '$0 ~ f && $2 ~ /^\(/ { gsub(",", "", $1); printf "%.0f", $1 / 1e6; found = 1; exit }
-      END { if (!found) printf "-" }'
+  awk -v f="$1" '$0 ~ f && $2 ~ /^\(/ { gsub(",", "", $1); printf "%.0f", $1 / 1e6; found = 1; exit }
+    END { if (!found) printf "-" }' "$work/inclusive.txt"
 }
 
 printf '%-40s %10s %10s %10s %10s %12s %8s\n' binary total_M validate_M parse_M events_M fingerprint_M vs_first
@@ -56,10 +55,11 @@ for bin in "$@"; do
   total=$(awk '/Collected :/ { print $NF }' "$work/cg.err")
   [ -n "$total" ] || { echo "no instruction count from valgrind:" >&2; cat "$work/cg.err" >&2; exit 1; }
   first="${first:-$total}"
+  callgrind_annotate --inclusive=yes "$work/cg.out" > "$work/inclusive.txt" 2> /dev/null
   printf '%-40s %10.0f %10s %10s %10s %12s %7.1f%%\n' "$(basename "$bin")" "$(awk -v t="$total" 'BEGIN { print t / 1e6 }')" \
-    "$(inclusive "$work/cg.out" 'rejects::validate')" \
-    "$(inclusive "$work/cg.out" 'produce::produce ')" \
-    "$(inclusive "$work/cg.out" 'EventWriter::write ')" \
-    "$(inclusive "$work/cg.out" '(claim::hash_as_copied|Fingerprinting::feed) ')" \
+    "$(inclusive 'rejects::validate')" \
+    "$(inclusive 'produce::produce ')" \
+    "$(inclusive 'EventWriter::write ')" \
+    "$(inclusive '(claim::hash_as_copied|Fingerprinting::feed) ')" \
     "$(awk -v t="$total" -v f="$first" 'BEGIN { print 100 * t / f }')"
 done
