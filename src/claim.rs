@@ -141,7 +141,10 @@ fn copy_fingerprinted(input: &File, output: &File) -> io::Result<Fingerprint> {
             loop {
                 let stretch = io::copy(&mut input.take(COPY_STRETCH), &mut &*output)?;
                 if stretch == 0 {
-                    return Ok(());
+                    // The hasher is still reading the last stretches: the
+                    // copy's writeback runs meanwhile rather than after it
+                    // (the caller's fsync then finds nothing left to write).
+                    return output.sync_data();
                 }
                 total += stretch;
                 // A hasher gone has failed: its join below says why.
