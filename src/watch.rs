@@ -385,6 +385,23 @@ impl Readiness {
         }
     }
 
+    /// Whether the candidate `name` is ready now, looked at alone: an
+    /// arrival is taken as its event comes, not at the next tick (a
+    /// tick's wait would be a timer on the path of every renamed file).
+    pub fn ready_now(&mut self, name: &str, now: Instant, skip: &dyn Fn(&str) -> bool) -> bool {
+        if !self.candidates.contains_key(name) {
+            return false;
+        }
+        match self.look(name, now, skip, &mut None) {
+            Look::Gone => {
+                self.candidates.remove(name);
+                false
+            }
+            Look::Ready => true,
+            Look::Waiting => false,
+        }
+    }
+
     /// The caller took the name (claimed it, or decided to leave it): forget
     /// it until the file changes.
     pub fn park(&mut self, name: &str) {
@@ -606,6 +623,25 @@ mod tests {
         let start = Instant::now();
         readiness.observe(Hint::Arrived("a.csv".into()), start);
         assert_eq!(readiness.ready(start, &never), vec!["a.csv"]);
+    }
+
+    #[test]
+    fn an_arrival_is_ready_now_and_a_closed_file_only_once_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("moved.csv"), "x").expect("write");
+        std::fs::write(dir.path().join("closed.csv"), "x").expect("write");
+        let mut readiness = Readiness::new(dir.path(), SETTLE);
+        let start = Instant::now();
+        readiness.observe(Hint::Arrived("moved.csv".into()), start);
+        readiness.observe(Hint::Closed("closed.csv".into()), start);
+        assert!(readiness.ready_now("moved.csv", start, &never));
+        assert!(!readiness.ready_now("closed.csv", start, &never));
+        assert!(!readiness.ready_now("closed.csv", start + SETTLE / 2, &never));
+        assert!(readiness.ready_now("closed.csv", start + SETTLE * 2, &never));
+        assert!(!readiness.ready_now("unknown.csv", start, &never));
+        std::fs::remove_file(dir.path().join("moved.csv")).expect("remove");
+        assert!(!readiness.ready_now("moved.csv", start, &never), "gone");
+        assert_eq!(readiness.waiting(), 1);
     }
 
     #[test]

@@ -291,7 +291,21 @@ impl Daemon {
 
     fn hint(&mut self, hint: Hint) {
         let full = hint == Hint::Rescan;
-        self.readiness.observe(hint, Instant::now().into_std());
+        let arrived = match &hint {
+            Hint::Arrived(name) => Some(name.clone()),
+            _ => None,
+        };
+        let now = Instant::now().into_std();
+        self.readiness.observe(hint, now);
+        if let Some(name) = arrived.filter(|_| self.ready_list_has_room()) {
+            let config = &self.config;
+            if self
+                .readiness
+                .ready_now(&name, now, &|name| config.watch.is_ignored(name))
+            {
+                self.queue_ready(vec![name]);
+            }
+        }
         if full {
             tracing::warn!("file events were lost: scanning the drop folder again");
             self.scan(true);
@@ -314,20 +328,29 @@ impl Daemon {
         }
     }
 
-    /// Settled files join the ready list (looked for only while the list is
-    /// short: a long list already keeps every slot busy); watchdog, metrics.
+    /// Ready files are looked for only while the list is short: a long
+    /// list already keeps every slot busy.
+    fn ready_list_has_room(&self) -> bool {
+        self.ready.len() < 4 * self.config.watch.max_files_in_flight.max(1)
+    }
+
+    fn queue_ready(&mut self, names: Vec<String>) {
+        for name in names {
+            if self.listed.insert(name.clone()) {
+                self.ready.push_back(name);
+            }
+        }
+    }
+
+    /// Settled files join the ready list; watchdog, metrics.
     fn tick(&mut self) {
         self.metrics.tick();
-        if self.ready.len() < 4 * self.config.watch.max_files_in_flight.max(1) {
+        if self.ready_list_has_room() {
             let config = &self.config;
             let found = self.readiness.ready(Instant::now().into_std(), &|name| {
                 config.watch.is_ignored(name)
             });
-            for name in found {
-                if self.listed.insert(name.clone()) {
-                    self.ready.push_back(name);
-                }
-            }
+            self.queue_ready(found);
             // Started now, so that the gauges below count them in flight.
             self.start_files(Instant::now());
         }
