@@ -437,21 +437,9 @@ fn mtime_of(meta: &fs::Metadata) -> (i64, i64) {
     (meta.mtime(), meta.mtime_nsec())
 }
 
-/// Whether any process we may inspect holds the file open for writing
-/// (Linux `/proc`). Processes we may not inspect are not counted: the
-/// close-after-write event covers those.
-pub fn held_open_for_writing(path: &Path) -> bool {
-    let Ok(target) = fs::canonicalize(path) else {
-        return false;
-    };
-    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
-        return false;
-    };
-    files_open_for_writing(dir).contains(name)
-}
-
 /// The files in `dir` that a process we may inspect holds open for
-/// writing, in one walk of `/proc`.
+/// writing, in one walk of `/proc` (Linux). Processes we may not inspect
+/// are not counted: the close-after-write event covers those.
 fn files_open_for_writing(dir: &Path) -> HashSet<std::ffi::OsString> {
     let mut found = HashSet::new();
     let Ok(dir) = fs::canonicalize(dir) else {
