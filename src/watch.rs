@@ -303,10 +303,8 @@ impl Readiness {
                 continue;
             }
             looks -= 1;
-            match self.look(&name, now, skip, &mut writing) {
-                Look::Gone => {
-                    self.candidates.remove(&name);
-                }
+            match self.look_or_drop(&name, now, skip, &mut writing) {
+                Look::Gone => {}
                 Look::Ready => {
                     ready.push(name.clone());
                     self.rounds.push_back((name, turn));
@@ -389,17 +387,23 @@ impl Readiness {
     /// arrival is taken as its event comes, not at the next tick (a
     /// tick's wait would be a timer on the path of every renamed file).
     pub fn ready_now(&mut self, name: &str, now: Instant, skip: &dyn Fn(&str) -> bool) -> bool {
-        if !self.candidates.contains_key(name) {
-            return false;
+        self.candidates.contains_key(name)
+            && matches!(self.look_or_drop(name, now, skip, &mut None), Look::Ready)
+    }
+
+    /// [`Readiness::look`], a candidate found gone dropped.
+    fn look_or_drop(
+        &mut self,
+        name: &str,
+        now: Instant,
+        skip: &dyn Fn(&str) -> bool,
+        writing: &mut Option<HashSet<std::ffi::OsString>>,
+    ) -> Look {
+        let look = self.look(name, now, skip, writing);
+        if matches!(look, Look::Gone) {
+            self.candidates.remove(name);
         }
-        match self.look(name, now, skip, &mut None) {
-            Look::Gone => {
-                self.candidates.remove(name);
-                false
-            }
-            Look::Ready => true,
-            Look::Waiting => false,
-        }
+        look
     }
 
     /// The caller took the name (claimed it, or decided to leave it): forget

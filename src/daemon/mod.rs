@@ -303,7 +303,7 @@ impl Daemon {
                 .readiness
                 .ready_now(&name, now, &|name| config.watch.is_ignored(name))
             {
-                self.queue_ready(vec![name]);
+                self.queue_ready([name]);
             }
         }
         if full {
@@ -334,7 +334,7 @@ impl Daemon {
         self.ready.len() < 4 * self.config.watch.max_files_in_flight.max(1)
     }
 
-    fn queue_ready(&mut self, names: Vec<String>) {
+    fn queue_ready(&mut self, names: impl IntoIterator<Item = String>) {
         for name in names {
             if self.listed.insert(name.clone()) {
                 self.ready.push_back(name);
