@@ -15,10 +15,10 @@
 mod claims;
 mod folders;
 mod schedule;
+mod systemd;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::claims::TaskEnd;
 use self::schedule::Schedule;
+use self::systemd::{notify_systemd, queue_status, watchdog_interval};
 use crate::claim::{self, StateDirs};
 use crate::config::Config;
 use crate::journal::Journal;
@@ -456,15 +457,6 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The STATUS= line systemd shows.
-fn queue_status(waiting: usize, in_flight: usize, counters: &Counters) -> String {
-    format!(
-        "{waiting} waiting, {in_flight} in flight, {} archived, {} failed",
-        counters.files_archived.load(Ordering::Relaxed),
-        counters.files_failed.load(Ordering::Relaxed)
-    )
-}
-
 fn log_report(report: &pipeline::Report) {
     let reason = report.reason.as_deref().unwrap_or("");
     match report.status {
@@ -483,12 +475,6 @@ fn log_report(report: &pipeline::Report) {
     }
 }
 
-fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        let _ = sd_notify::notify(false, states);
-    }
-}
-
 type ListingResult = Result<Vec<std::ffi::OsString>, watch::WatchError>;
 
 async fn join_listing(
@@ -498,17 +484,4 @@ async fn join_listing(
         Some(handle) => handle.await,
         None => std::future::pending().await,
     }
-}
-
-/// Half the systemd watchdog interval, when one is set for this process
-/// (`WATCHDOG_USEC`, and `WATCHDOG_PID` ours if set).
-fn watchdog_interval() -> Option<Duration> {
-    let micros: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        // Set for another process (we were started by a child of the service).
-        if pid.trim().parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    (micros > 0).then(|| Duration::from_micros(micros / 2))
 }
