@@ -267,6 +267,7 @@ impl Daemon {
             self.tasks
                 .spawn(claims::claim_and_process(self.ctx.clone(), source, work));
         }
+        self.set_in_flight_gauge();
     }
 
     fn joined(&mut self, joined: Result<TaskEnd, tokio::task::JoinError>) {
@@ -288,6 +289,7 @@ impl Daemon {
             },
             Err(err) => tracing::error!(%err, "a file task stopped unexpectedly"),
         }
+        self.set_in_flight_gauge();
     }
 
     fn hint(&mut self, hint: Hint) {
@@ -352,7 +354,6 @@ impl Daemon {
                 config.watch.is_ignored(name)
             });
             self.queue_ready(found);
-            // Started now, so that the gauges below count them in flight.
             self.start_files(Instant::now());
         }
         let tick = self.tick_every();
@@ -362,18 +363,27 @@ impl Daemon {
             }
         }
         let waiting = self.readiness.waiting() + self.schedule.queued();
-        let in_flight = self.schedule.in_flight();
         self.metrics
             .files_waiting
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        self.metrics
-            .files_in_flight
-            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        let in_flight = self.set_in_flight_gauge();
         let status = queue_status(waiting, in_flight, &self.ctx.counters);
         if status != self.last_status {
             notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
             self.last_status = status;
         }
+    }
+
+    /// Files in flight are counted at every start and end of a file, not
+    /// only at the tick: a renamed file starts as its event comes, and may
+    /// end before the next tick. (Files waiting are counted at the tick,
+    /// after its look has dropped the names gone since.)
+    fn set_in_flight_gauge(&self) -> usize {
+        let in_flight = self.schedule.in_flight();
+        self.metrics
+            .files_in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        in_flight
     }
 
     fn reload(
