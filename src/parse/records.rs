@@ -15,7 +15,7 @@
 use std::io::Read;
 
 use super::encoding::Input;
-use super::split::{Rec, Span, Split, Splitter};
+use super::split::{is_blank, Rec, Span, Split, Splitter};
 use super::ParseError;
 
 /// Size of one read, and the initial size of the read buffer.
@@ -239,7 +239,7 @@ impl<R: Read> Records<R> {
             let data = self.buf.get(self.pos..self.end).unwrap_or_default();
             let stop = memchr::memchr2(b'\n', b'\r', data);
             let scanned = data.get(..stop.unwrap_or(data.len())).unwrap_or_default();
-            blank = blank && scanned.iter().all(|&b| b == b' ' || b == b'\t');
+            blank = blank && scanned.iter().all(|&b| is_blank(b));
             if let Some(stop) = stop {
                 self.prev_cr = data.get(stop) == Some(&b'\r');
                 self.pos += stop + 1;

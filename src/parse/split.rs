@@ -237,7 +237,7 @@ impl Rec {
             self.field_start = self.scan;
             self.end_field(self.scan);
             self.scan += 1;
-        } else if byte == b' ' || byte == b'\t' {
+        } else if is_blank(byte) {
             self.scan += 1;
         } else if byte == b'\n' || byte == b'\r' {
             self.end_record(split);
@@ -314,7 +314,7 @@ impl Rec {
         } else if byte == b'\n' || byte == b'\r' {
             self.end_record(split);
             return Some(Split::Ended);
-        } else if byte == b' ' || byte == b'\t' {
+        } else if is_blank(byte) {
             self.state = State::AfterClose;
             self.scan += 1;
         } else {
@@ -323,6 +323,12 @@ impl Rec {
         }
         None
     }
+}
+
+/// A blank of the dialect: what is trimmed around fields and a blank line
+/// holds (a space or a tab).
+pub(super) fn is_blank(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
 }
 
 /// The text of a raw quoted field (from its opening quote): `""` is a quote,
@@ -342,10 +348,7 @@ pub(super) fn unquote(raw: &[u8], out: &mut Vec<u8>) {
             out.push(b'"');
             rest = after_pair;
         } else {
-            let dropped = after
-                .iter()
-                .take_while(|&&b| b == b' ' || b == b'\t')
-                .count();
+            let dropped = after.iter().take_while(|&&b| is_blank(b)).count();
             out.extend_from_slice(&after[dropped..]);
             return;
         }
