@@ -13,7 +13,9 @@
 # loopback to target/release/examples/test_server, a fresh one each run:
 #   test_server alone   examples/api_load POSTs those events, in bodies of 100
 #                       built before the clock starts, at concurrency 1, 4, 8
-#                       (the server's own limit)
+#                       (the server's own limit; with api_load's CPU seconds
+#                       while sending: what a bare reqwest client pays for
+#                       the same requests)
 #   consent-drop        `import` to the http sink (batch_size 100) at
 #                       concurrency 1, 4, 8, and 4 with gzip bodies, timed whole
 # and prints requests/s (as counted by the server) and rows/s (one event a
@@ -225,13 +227,13 @@ for c in 1 4 8; do
   "$load_bin" --url "$base_url" --organization bench --token "$token" --concurrency "$c" --batch 100 \
     "$work"/outbox/*.ndjson > "$work/load.out"
   stop_server
-  read -r sent seconds < <(awk '{ print $2, $6 }' "$work/load.out")
+  read -r sent seconds load_cpu < <(awk '{ print $2, $6, $12 }' "$work/load.out")
   if [ "$served_events" -ne "$http_rows" ] || [ "$served_requests" -ne "$sent" ]; then
     echo "api_load sent $sent requests; the server counted $served_requests requests, $served_events events (expected $http_rows)" >&2
     exit 1
   fi
   alone_rps[$c]=$(awk -v r="$sent" -v s="$seconds" 'BEGIN { printf "%.1f", r / (s > 0.01 ? s : 0.01) }')
-  http_row "test_server alone" "$c" "$sent" "$http_rows" "$seconds" - "api_load; $served_events events stored"
+  http_row "test_server alone" "$c" "$sent" "$http_rows" "$seconds" - "api_load; $served_events events stored, $load_cpu s of CPU sending"
 done
 for run in 1 4 8 4-gzip; do
   c="${run%-gzip}"
