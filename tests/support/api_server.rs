@@ -694,6 +694,30 @@ async fn handle_events(
     body: Bytes,
 ) -> Response {
     let query = query.unwrap_or_default();
+    if let Some(dropped) = arrive(state, &query, &headers).await {
+        return dropped;
+    }
+    let accepted = match admit(&mut state.lock(), &query, &headers) {
+        Ok(accepted) => accepted,
+        Err(response) => return *response,
+    };
+    // Decoding and validating take most of a request's time: outside the
+    // lock, so concurrent requests use every core, as a real API would.
+    let body = match decode(&headers, body) {
+        Ok(body) => body,
+        Err((status, message)) => return error(status, message),
+    };
+    let events = match validate(&body, &accepted.org, accepted.purposes.as_ref()) {
+        Ok(events) => events,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    store(state, &accepted, &events)
+}
+
+/// Counts the request and what it was sent with, then holds it while the
+/// test holds the server and for the configured delay. `Some`: the
+/// connection is to be dropped instead of answered.
+async fn arrive(state: &Arc<Shared>, query: &str, headers: &HeaderMap) -> Option<Response> {
     let mut hold = state.hold.subscribe();
     while *hold.borrow_and_update() {
         if hold.changed().await.is_err() {
@@ -703,32 +727,82 @@ async fn handle_events(
     let delay = {
         let mut inner = state.lock();
         inner.requests += 1;
-        inner.queries.push(query.clone());
-        let agent = header_text(&headers, header::USER_AGENT).to_string();
+        inner.queries.push(query.to_string());
+        let agent = header_text(headers, header::USER_AGENT).to_string();
         inner.user_agents.push(agent);
-        let encoding = header_text(&headers, header::CONTENT_ENCODING).to_string();
+        let encoding = header_text(headers, header::CONTENT_ENCODING).to_string();
         inner.content_encodings.push(encoding);
         if inner.drop_connections > 0 {
             inner.drop_connections -= 1;
-            return dropped_connection();
+            return Some(dropped_connection());
         }
         inner.delay
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    None
+}
 
-    let mut inner = state.lock();
+/// What a request the server admitted needs once the lock is released.
+struct Admitted {
+    org: String,
+    purposes: Option<HashSet<String>>,
+    refuse_marker: String,
+}
+
+/// The answers that need no body: credentials, injected faults, the
+/// organization and the content type.
+fn admit(inner: &mut Inner, query: &str, headers: &HeaderMap) -> Result<Admitted, Box<Response>> {
     if inner.forbidden {
-        return error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "this key may not write consent events",
-        );
+        )));
     }
-    if !authorized(&inner, &headers) {
+    if !authorized(inner, headers) {
         inner.unauthorized += 1;
-        return error(StatusCode::UNAUTHORIZED, "invalid or expired access token");
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid or expired access token",
+        )));
     }
+    if let Some(response) = injected_fault(inner) {
+        return Err(Box::new(response));
+    }
+    let params: HashMap<String, String> = form_pairs(query);
+    let Some(org) = params.get("organization_id").filter(|org| !org.is_empty()) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "organization_id is required",
+        )));
+    };
+    if let Some(expected) = &inner.organization_id {
+        if org != expected {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                format!("organization {org:?} is not accessible with this token"),
+            )));
+        }
+    }
+    let content_type = header_text(headers, header::CONTENT_TYPE);
+    if !content_type.starts_with("application/json") {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        )));
+    }
+    Ok(Admitted {
+        org: org.clone(),
+        purposes: inner
+            .purposes
+            .as_ref()
+            .map(|list| list.iter().cloned().collect()),
+        refuse_marker: inner.refuse_marker.clone(),
+    })
+}
+/// A burst of 429s or a random 503, when the test asked for them.
+fn injected_fault(inner: &mut Inner) -> Option<Response> {
     if inner.burst_429 > 0 {
         inner.burst_429 -= 1;
         let retry_after = inner.retry_after_s.to_string();
@@ -736,49 +810,20 @@ async fn handle_events(
         if let Ok(value) = retry_after.parse() {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
-        return response;
+        return Some(response);
     }
     if inner.fail_ratio > 0.0 && inner.next_random() < inner.fail_ratio {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable",
+        ));
     }
+    None
+}
 
-    let params: HashMap<String, String> = form_pairs(&query);
-    let Some(org) = params.get("organization_id").filter(|org| !org.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "organization_id is required");
-    };
-    if let Some(expected) = &inner.organization_id {
-        if org != expected {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!("organization {org:?} is not accessible with this token"),
-            );
-        }
-    }
-    let content_type = header_text(&headers, header::CONTENT_TYPE);
-    if !content_type.starts_with("application/json") {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
-
-    let marker = inner.refuse_marker.clone();
-    let org = org.clone();
-    let purposes: Option<HashSet<String>> = inner
-        .purposes
-        .as_ref()
-        .map(|list| list.iter().cloned().collect());
-    // Decoding and validating take most of a request's time: outside the
-    // lock, so concurrent requests use every core, as a real API would.
-    drop(inner);
-    let body = match decode(&headers, body) {
-        Ok(body) => body,
-        Err((status, message)) => return error(status, message),
-    };
-    let events = match validate(&body, &org, purposes.as_ref()) {
-        Ok(events) => events,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
+/// Refuses the whole request (422) when an event's user holds the refuse
+/// marker; else keeps each event not seen before and answers 200.
+fn store(state: &Arc<Shared>, admitted: &Admitted, events: &[Value]) -> Response {
     let sources = events
         .iter()
         .map(|event| {
@@ -796,7 +841,7 @@ async fn handle_events(
             event
                 .pointer("/user/organization_user_id")
                 .and_then(Value::as_str)
-                .is_some_and(|user| user.contains(&marker))
+                .is_some_and(|user| user.contains(&admitted.refuse_marker))
         })
         .map(|(index, event)| {
             format!(
@@ -819,7 +864,7 @@ async fn handle_events(
     let mut inner = state.lock();
     inner
         .request_organizations
-        .push(events.iter().map(|_| org.clone()).collect());
+        .push(events.iter().map(|_| admitted.org.clone()).collect());
     for (id, event) in stored {
         if inner.ids.insert(id) {
             inner.events.push(event);
@@ -829,7 +874,6 @@ async fn handle_events(
     }
     answer(StatusCode::OK, json!({ "imported": count }))
 }
-
 /// A header's text; `""` when absent or not visible ASCII.
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
