@@ -410,16 +410,23 @@ mod tests {
 
     const SETTLE: Duration = Duration::from_millis(100);
 
+    /// A drop folder holding `files` (name, content), watched from now.
+    fn folder_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Readiness, Instant) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write");
+        }
+        let readiness = Readiness::new(dir.path(), SETTLE);
+        (dir, readiness, Instant::now())
+    }
+
     fn never(_: &str) -> bool {
         false
     }
 
     #[test]
     fn a_closed_file_is_ready_after_settle_and_not_before() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (_dir, mut readiness, start) = folder_with(&[("a.csv", "x")]);
         readiness.observe(Hint::Written("a.csv".into()), start);
         readiness.observe(Hint::Closed("a.csv".into()), start);
         assert!(readiness.ready(start, &never).is_empty(), "first stat");
@@ -432,10 +439,7 @@ mod tests {
 
     #[test]
     fn a_file_written_but_not_closed_is_never_ready() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (_dir, mut readiness, start) = folder_with(&[("a.csv", "x")]);
         readiness.observe(Hint::Written("a.csv".into()), start);
         readiness.ready(start, &never);
         assert!(readiness.ready(start + SETTLE * 100, &never).is_empty());
@@ -461,11 +465,7 @@ mod tests {
 
     #[test]
     fn a_file_created_whole_by_a_link_or_changed_in_attributes_is_ready() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("linked.csv"), "x").expect("write");
-        std::fs::write(dir.path().join("chmod.csv"), "x").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (_dir, mut readiness, start) = folder_with(&[("linked.csv", "x"), ("chmod.csv", "x")]);
         readiness.observe(Hint::Created("linked.csv".into()), start);
         readiness.observe(Hint::Created("chmod.csv".into()), start);
         readiness.observe(Hint::Written("chmod.csv".into()), start);
@@ -480,10 +480,7 @@ mod tests {
 
     #[test]
     fn an_empty_file_just_created_waits_for_its_writer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a.csv"), "").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (_dir, mut readiness, start) = folder_with(&[("a.csv", "")]);
         readiness.observe(Hint::Created("a.csv".into()), start);
         readiness.ready(start, &never);
         assert!(readiness.ready(start + SETTLE * 10, &never).is_empty());
@@ -520,21 +517,14 @@ mod tests {
 
     #[test]
     fn a_file_renamed_in_is_ready_at_its_first_look() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a.csv"), "x").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (_dir, mut readiness, start) = folder_with(&[("a.csv", "x")]);
         readiness.observe(Hint::Arrived("a.csv".into()), start);
         assert_eq!(readiness.ready(start, &never), vec!["a.csv"]);
     }
 
     #[test]
     fn an_arrival_is_ready_now_and_a_closed_file_only_once_settled() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("moved.csv"), "x").expect("write");
-        std::fs::write(dir.path().join("closed.csv"), "x").expect("write");
-        let mut readiness = Readiness::new(dir.path(), SETTLE);
-        let start = Instant::now();
+        let (dir, mut readiness, start) = folder_with(&[("moved.csv", "x"), ("closed.csv", "x")]);
         readiness.observe(Hint::Arrived("moved.csv".into()), start);
         readiness.observe(Hint::Closed("closed.csv".into()), start);
         assert!(readiness.ready_now("moved.csv", start, &never));
