@@ -4,8 +4,9 @@
 //! hours 00–23, seconds 00–59), proleptic Gregorian arithmetic, and placing
 //! a local time in the import's zone: a time in a spring-forward gap is an
 //! error, an ambiguous fall-back time takes the earlier instant. A
-//! [`ZoneCache`] keeps the zone's UTC offset per local hour, so the zone
-//! database is consulted about once per hour of dates, not once per row.
+//! [`ZoneCache`] keeps the zone's UTC offset per local day (per local hour
+//! on the days of a transition), so the zone database is consulted about
+//! once per day of dates, not once per row.
 //!
 //! It never reads text: the formats hand it numbers.
 use chrono::{DateTime, LocalResult, NaiveDate, Offset, TimeZone, Utc};
@@ -14,9 +15,11 @@ use chrono_tz::Tz;
 use super::{DateError, SHOWN};
 use crate::parse::shown;
 
-/// The zone's UTC offset per local hour, for hours with a single offset.
+/// The zone's UTC offset per local day, for days with a single offset, and
+/// per local hour, for the hours of the other days with a single offset.
 pub(crate) struct ZoneCache {
     tz: Option<Tz>,
+    days: [(i64, i32); ZoneCache::SLOTS],
     slots: [(i64, i32); ZoneCache::SLOTS],
     /// The hour whose start was looked up last, and its offset.
     last_start: Option<(i64, Option<i32>)>,
@@ -29,6 +32,7 @@ impl ZoneCache {
     pub(crate) fn new() -> ZoneCache {
         ZoneCache {
             tz: None,
+            days: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
             slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
             last_start: None,
         }
@@ -54,6 +58,43 @@ impl ZoneCache {
         };
         self.last_start = Some((key, offset));
         offset
+    }
+
+    /// The one UTC offset of local hour `hour` of day `days` (since
+    /// 1970-01-01), if it has one. A span whose start and end have the same
+    /// single offset has it throughout (no zone has two transitions within
+    /// a day that cancel out; `every_day_with_equal_ends_has_one_offset`
+    /// checks the bundled database): the day is tried first, its hours on
+    /// the days of a transition. Rows in order of time then cost about one
+    /// lookup a day, the next day's start being the one looked up last.
+    fn single_offset(&mut self, tz: Tz, days: i64, hour: u32) -> Option<i32> {
+        let slot = |key: i64| key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
+        let hour_key = days * 24 + i64::from(hour);
+        for (table, key) in [(&self.days, days), (&self.slots, hour_key)] {
+            if let Some(&(cached_key, offset)) = table.get(slot(key)) {
+                if cached_key == key {
+                    return Some(offset);
+                }
+            }
+        }
+        for (span_start, span_hours, key) in [(days * 24, 24, days), (hour_key, 1, hour_key)] {
+            let start = self.offset_at(tz, span_start);
+            let end = self.offset_at(tz, span_start + span_hours);
+            if let (Some(offset), Some(next)) = (start, end) {
+                if offset == next {
+                    let table = if span_hours == 24 {
+                        &mut self.days
+                    } else {
+                        &mut self.slots
+                    };
+                    if let Some(entry) = table.get_mut(slot(key)) {
+                        *entry = (key, offset);
+                    }
+                    return Some(offset);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -156,25 +197,8 @@ pub(super) fn place_in_zone(
         *cache = ZoneCache::new();
         cache.tz = Some(tz);
     }
-    let key = days * 24 + i64::from(local.hour);
-    let slot = key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
-    if let Some(&(cached_key, offset)) = cache.slots.get(slot) {
-        if cached_key == key {
-            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
-                .ok_or_else(unsupported);
-        }
-    }
-    // The hour has one offset when its start and the next hour's do: rows
-    // in order of time then cost one zone lookup an hour, the next hour's
-    // start being the one looked up last.
-    if let (Some(offset), Some(next)) = (cache.offset_at(tz, key), cache.offset_at(tz, key + 1)) {
-        if offset == next {
-            if let Some(entry) = cache.slots.get_mut(slot) {
-                *entry = (key, offset);
-            }
-            return DateTime::from_timestamp(seconds - i64::from(offset), 0)
-                .ok_or_else(unsupported);
-        }
+    if let Some(offset) = cache.single_offset(tz, days, local.hour) {
+        return DateTime::from_timestamp(seconds - i64::from(offset), 0).ok_or_else(unsupported);
     }
     let year = i32::try_from(local.year).map_err(|_| unsupported())?;
     let date = NaiveDate::from_ymd_opt(year, local.month, local.day).ok_or_else(unsupported)?;
