@@ -16,7 +16,7 @@ use super::{
 use crate::claim::{self, StateDirs};
 use crate::journal::Journal;
 use crate::metrics::{Counters, Metrics};
-use crate::pipeline::{self, Context, Verdict, Work};
+use crate::pipeline::{self, Context, Report, Verdict, Work};
 use crate::sink::Sink;
 use crate::unpack;
 
@@ -88,10 +88,22 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
         result.map_err(CommandError::from)
     })?;
 
+    print_report(out, options.file, &report)?;
+    Ok(match report.status {
+        Verdict::Archived if report.rows_rejected + report.rows_refused > 0 => Exit::Rejected,
+        Verdict::Archived | Verdict::Duplicate => Exit::Success,
+        Verdict::Quarantined => Exit::Rejected,
+        Verdict::Failed | Verdict::Interrupted => Exit::Failure,
+    })
+}
+
+/// The outcome in a few lines: counts, then the reason and where the file
+/// and its rejects went.
+fn print_report(out: &mut dyn Write, file: &Path, report: &Report) -> Result<(), CommandError> {
     writeln!(
         out,
         "{}: {:?}, {} accepted, {} rejected, {} refused, {} delivered (occurrence {})",
-        options.file.display(),
+        file.display(),
         report.status,
         report.rows_accepted,
         report.rows_rejected,
@@ -109,12 +121,7 @@ pub fn import(options: &ImportOptions<'_>, out: &mut dyn Write) -> Result<Exit, 
     if let Some(rejects) = &report.rejects_file {
         writeln!(out, "  rejects: {}", rejects.display()).map_err(stdout_error)?;
     }
-    Ok(match report.status {
-        Verdict::Archived if report.rows_rejected + report.rows_refused > 0 => Exit::Rejected,
-        Verdict::Archived | Verdict::Duplicate => Exit::Success,
-        Verdict::Quarantined => Exit::Rejected,
-        Verdict::Failed | Verdict::Interrupted => Exit::Failure,
-    })
+    Ok(())
 }
 
 fn spawn_progress_bar(
