@@ -20,7 +20,7 @@ use crate::parse::shown;
 pub(crate) struct ZoneCache {
     tz: Option<Tz>,
     days: [(i64, i32); ZoneCache::SLOTS],
-    slots: [(i64, i32); ZoneCache::SLOTS],
+    hours: [(i64, i32); ZoneCache::SLOTS],
     /// The hour whose start was looked up last, and its offset.
     last_start: Option<(i64, Option<i32>)>,
 }
@@ -33,7 +33,7 @@ impl ZoneCache {
         ZoneCache {
             tz: None,
             days: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
-            slots: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
+            hours: [(ZoneCache::EMPTY, 0); ZoneCache::SLOTS],
             last_start: None,
         }
     }
@@ -70,7 +70,7 @@ impl ZoneCache {
     fn single_offset(&mut self, tz: Tz, days: i64, hour: u32) -> Option<i32> {
         let slot = |key: i64| key.rem_euclid(ZoneCache::SLOTS as i64) as usize;
         let hour_key = days * 24 + i64::from(hour);
-        for (table, key) in [(&self.days, days), (&self.slots, hour_key)] {
+        for (table, key) in [(&self.days, days), (&self.hours, hour_key)] {
             if let Some(&(cached_key, offset)) = table.get(slot(key)) {
                 if cached_key == key {
                     return Some(offset);
@@ -85,7 +85,7 @@ impl ZoneCache {
                     let table = if span_hours == 24 {
                         &mut self.days
                     } else {
-                        &mut self.slots
+                        &mut self.hours
                     };
                     if let Some(entry) = table.get_mut(slot(key)) {
                         *entry = (key, offset);
