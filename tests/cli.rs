@@ -160,6 +160,65 @@ fn a_file_with_mostly_bad_rows_is_quarantined_and_nothing_sent() {
         .contains("max_reject_ratio"));
 }
 
+/// To the file sink a file's events are written while it is validated:
+/// when it then fails, nothing of it may stay in the outbox (neither a
+/// complete file nor the `.partial` one), nor its index records.
+#[test]
+fn a_file_quarantined_after_its_good_rows_were_written_leaves_the_outbox_empty() {
+    // One read on one thread (a small file) and on two (reader, events).
+    for rows in [30, 2_000] {
+        let site = Site::new(IMPORT);
+        let file = site.path("pr-mostly-bad.csv");
+        let content: String = proof_rows("m", rows)
+            .lines()
+            .enumerate()
+            .map(|(index, line)| {
+                // Three rows in five (after the header) have no `@`.
+                let bad = index > 0 && (index - 1) % 5 < 3;
+                let line = if bad {
+                    line.replacen('@', "-at-", 1)
+                } else {
+                    line.to_string()
+                };
+                line + "\n"
+            })
+            .collect();
+        std::fs::write(&file, content).expect("write");
+        let output = site.import(&file);
+        assert_eq!(output.status.code(), Some(1), "{rows} rows");
+        let reports = site.reports("failed");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0]["status"], "quarantined");
+        assert_eq!(reports[0]["rows_accepted"], rows as u64 * 2 / 5);
+        assert_eq!(reports[0]["rows_rejected"], rows as u64 * 3 / 5);
+        let outbox: Vec<_> = std::fs::read_dir(&site.outbox)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(outbox.is_empty(), "{rows} rows: outbox holds {outbox:?}");
+        let index_work: Vec<_> = site
+            .files_under("work")
+            .into_iter()
+            .filter(|path| path.to_string_lossy().ends_with(".ids"))
+            .collect();
+        assert!(index_work.is_empty(), "{index_work:?}");
+        let rejects: Vec<_> = site
+            .files_under("failed")
+            .into_iter()
+            .filter(|path| path.to_string_lossy().ends_with(".rejects.csv"))
+            .collect();
+        assert_eq!(rejects.len(), 1);
+        let text = std::fs::read_to_string(&rejects[0]).expect("rejects");
+        assert_eq!(
+            text.lines().count(),
+            1 + rows * 3 / 5,
+            "header and each rejected row"
+        );
+    }
+}
+
 #[test]
 fn sample_writes_a_file_that_check_accepts() {
     let site = Site::new(IMPORT);

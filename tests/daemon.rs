@@ -110,22 +110,35 @@ fn kill_9_mid_file_then_restart_delivers_everything_exactly_once() {
     let rows = 300_000;
     let mut daemon = site.start();
     site.drop_file("pr-big.csv", proof_rows("k", rows).as_bytes());
-    let acknowledged = || {
-        site.journal()[0]["batches_acked"]
-            .as_u64()
-            .is_some_and(|acked| acked > 0)
+    // The file sink is written in the read that validates: its events are
+    // in the `.partial` file, not acknowledged, until the file passed.
+    let partial_bytes = || {
+        std::fs::read_dir(&site.outbox)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".ndjson.partial")
+            })
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|meta| meta.len())
+            .sum::<u64>()
     };
     assert!(
-        wait_until(LONG, acknowledged),
+        wait_until(LONG, || partial_bytes() > 0),
         "delivery started; log:\n{}",
         site.log()
     );
     daemon.kill9();
     assert!(site.reports("archive").is_empty(), "killed before the end");
+    assert!(partial_bytes() > 0, "events were staged before the kill");
+    assert!(site.outbox_events().is_empty(), "none in a complete file");
     let journal = site.journal();
-    assert_eq!(journal[0]["status"], "delivering");
-    let acked = journal[0]["batches_acked"].as_u64().unwrap_or(0);
-    assert!(acked > 0, "some batches were acknowledged before the kill");
+    assert_eq!(journal[0]["status"], "claimed", "not validated yet");
+    assert_eq!(journal[0]["batches_acked"].as_u64().unwrap_or(0), 0);
 
     let daemon = site.start();
     // The report is written just before the file leaves processing/.

@@ -101,9 +101,13 @@ pub fn work_path(work_dir: &Path, occurrence_id: &str) -> PathBuf {
 }
 
 /// Forgets the records of an occurrence that will not be sealed (it was
-/// not archived): those a small file's recorder kept in memory.
+/// not archived): those a small file's recorder kept in memory, and its
+/// work file (a quarantined file's events were recorded as they were
+/// built, in the read that validated it).
 pub fn discard(work_dir: &Path, occurrence_id: &str) {
-    record::take_in_memory(&work_path(work_dir, occurrence_id));
+    let work = work_path(work_dir, occurrence_id);
+    record::take_in_memory(&work);
+    let _ = std::fs::remove_file(&work);
 }
 
 /// `CONSENT_DROP_BENCH_NO_INDEX=1` turns the index off, only so that the

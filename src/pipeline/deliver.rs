@@ -13,11 +13,12 @@ use std::sync::atomic::Ordering;
 use tokio::task::JoinHandle;
 
 use super::produce::{self, Production, Run};
+use super::rejects::{Counts, Tally, ValidateError};
 use super::{Context, PipelineError, Work};
 use crate::claim::Fingerprint;
 use crate::index;
 use crate::journal::{JournalError, Occurrence};
-use crate::sink::{Ack, Coming, DeliveryTarget, Refusal, SinkError};
+use crate::sink::{Ack, Coming, Delivery, DeliveryTarget, Refusal, SinkError};
 
 pub(super) struct DeliveryPlan {
     pub batch_size: u64,
@@ -41,57 +42,22 @@ pub(super) async fn deliver(
     plan: DeliveryPlan,
 ) -> Result<u64, PipelineError> {
     let mut delivery = ctx.sink.open(&plan.target, plan.cursor).await?;
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Run>(2);
-    let producer = {
-        let import = work.import.clone();
-        let path = occurrence.processing_path.clone();
-        let file_name = occurrence.file_name.clone();
-        let fingerprint = fingerprint.clone();
-        let (batch_size, skip_batches, batches_total) =
-            (plan.batch_size, plan.skip, plan.batches_total);
-        let ids = index::Recorder::create(
-            &index::work_path(&ctx.dirs.work, &occurrence.id),
-            skip_batches == 0,
-        );
-        tokio::task::spawn_blocking(move || {
-            let job = Production {
-                import: &import,
-                path: &path,
-                file_name: &file_name,
-                fingerprint: &fingerprint,
-                batch_size,
-                skip_batches,
-                batches_total,
-            };
-            produce::produce(&job, sender, ids)
-        })
+    let read = Read {
+        batch_size: plan.batch_size,
+        skip: plan.skip,
+        batches_total: Some(plan.batches_total),
+        rejects_path: None,
     };
-
+    let (producer, receiver) = spawn_producer(ctx, work, occurrence, fingerprint, read);
     let mut progress = Progress::new(occurrence.id.clone(), plan.skip, plan.cursor);
-    let mut interrupted = false;
-    let mut coming = Some(plan.coming);
-    'runs: loop {
-        // Other files' events may wait for these batches to fill a request.
-        delivery.producing();
-        drop(coming.take());
-        let run = tokio::select! {
-            biased;
-            () = ctx.shutdown.cancelled() => { interrupted = true; break; }
-            run = receiver.recv() => run,
-        };
-        let Some(run) = run else { break };
-        for batch in run {
-            match delivery.send(batch).await {
-                Ok(acks) => progress.absorb(ctx, acks).await?,
-                Err(SinkError::Interrupted) => {
-                    interrupted = true;
-                    break 'runs;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-    }
-    drop(receiver);
+    let interrupted = send_runs(
+        ctx,
+        &mut delivery,
+        receiver,
+        &mut progress,
+        Some(plan.coming),
+    )
+    .await?;
     let (acks, result) = if interrupted {
         delivery.checkpoint().await
     } else {
@@ -104,23 +70,117 @@ pub(super) async fn deliver(
         Err(err) => return Err(err.into()),
     }
     match producer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) if interrupted => tracing::debug!(%err, "reader stopped by shutdown"),
-        Ok(Err(err)) => return Err(err),
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            let err = err.into_pipeline(&occurrence.processing_path);
+            if !interrupted {
+                return Err(err);
+            }
+            tracing::debug!(%err, "reader stopped by shutdown");
+        }
         Err(err) => return Err(PipelineError::Worker(err.to_string())),
     }
     Ok(progress.acked)
 }
 
+/// What the reader thread reads, and whether it validates as it goes.
+pub(super) struct Read {
+    pub batch_size: u64,
+    pub skip: u64,
+    /// None when the read is the validation pass too.
+    pub batches_total: Option<u64>,
+    /// Where the rejects go when the read is the validation pass too.
+    pub rejects_path: Option<std::path::PathBuf>,
+}
+
+/// The reader (and event) threads of a delivery: runs of batches come on
+/// the channel; the task ends with the counts, when it validated.
+pub(super) fn spawn_producer(
+    ctx: &Context,
+    work: &Work,
+    occurrence: &Occurrence,
+    fingerprint: &Fingerprint,
+    read: Read,
+) -> (
+    JoinHandle<Result<Option<Counts>, ValidateError>>,
+    tokio::sync::mpsc::Receiver<Run>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Run>(2);
+    let import = work.import.clone();
+    let path = occurrence.processing_path.clone();
+    let file_name = occurrence.file_name.clone();
+    let fingerprint = fingerprint.clone();
+    let ids = index::Recorder::create(
+        &index::work_path(&ctx.dirs.work, &occurrence.id),
+        read.skip == 0,
+    );
+    let producer = tokio::task::spawn_blocking(move || {
+        let job = Production {
+            import: &import,
+            path: &path,
+            file_name: &file_name,
+            fingerprint: &fingerprint,
+            batch_size: read.batch_size,
+            skip_batches: read.skip,
+            batches_total: read.batches_total,
+        };
+        let Some(rejects_path) = &read.rejects_path else {
+            return produce::produce(&job, sender, ids, None).map(|()| None);
+        };
+        let encoding = import
+            .format
+            .encoding
+            .resolve(fingerprint.is_utf8, fingerprint.bom);
+        let mut tally = Tally::new(rejects_path, encoding);
+        produce::produce(&job, sender, ids, Some(&mut tally))?;
+        tally.finish().map(Some).map_err(ValidateError::State)
+    });
+    (producer, receiver)
+}
+
+/// Hands every run of batches to the sink, and their acks to `progress`,
+/// until the reader ends; true if shutdown interrupted it.
+pub(super) async fn send_runs(
+    ctx: &Context,
+    delivery: &mut Delivery,
+    mut receiver: tokio::sync::mpsc::Receiver<Run>,
+    progress: &mut Progress,
+    mut coming: Option<Coming>,
+) -> Result<bool, PipelineError> {
+    loop {
+        // Other files' events may wait for these batches to fill a request.
+        delivery.producing();
+        drop(coming.take());
+        let run = tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => return Ok(true),
+            run = receiver.recv() => run,
+        };
+        let Some(run) = run else {
+            return Ok(false);
+        };
+        for batch in run {
+            match delivery.send(batch).await {
+                Ok(acks) => progress.absorb(ctx, acks).await?,
+                Err(SinkError::Interrupted) => return Ok(true),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
 /// Acknowledged progress, and the record of it being committed.
-struct Progress {
+pub(super) struct Progress {
     occurrence_id: String,
-    acked: u64,
-    cursor: u64,
+    pub acked: u64,
+    pub cursor: u64,
     /// Refused events acknowledged but not yet in a record.
     refused: Vec<Refusal>,
     unrecorded: bool,
     committing: Option<JoinHandle<Result<(), JournalError>>>,
+    /// False while the file is not validated yet: acks are only counted,
+    /// recorded later with its validation ([`Progress::held`]).
+    recording: bool,
 }
 
 impl Progress {
@@ -132,10 +192,20 @@ impl Progress {
             refused: Vec::new(),
             unrecorded: false,
             committing: None,
+            recording: true,
         }
     }
 
-    async fn absorb(&mut self, ctx: &Context, acks: Vec<Ack>) -> Result<(), PipelineError> {
+    /// Progress of a delivery that is the validation pass too: nothing is
+    /// recorded before the file is known to pass.
+    pub fn held(occurrence_id: String) -> Progress {
+        Progress {
+            recording: false,
+            ..Progress::new(occurrence_id, 0, None)
+        }
+    }
+
+    pub async fn absorb(&mut self, ctx: &Context, acks: Vec<Ack>) -> Result<(), PipelineError> {
         for ack in acks {
             if ack.seq != self.acked {
                 tracing::error!(
@@ -148,12 +218,17 @@ impl Progress {
             }
             self.acked += 1;
             self.cursor = ack.cursor;
-            ctx.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
-            ctx.counters
-                .rows_refused
-                .fetch_add(ack.refused.len() as u64, Ordering::Relaxed);
+            if self.recording {
+                ctx.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
+                ctx.counters
+                    .rows_refused
+                    .fetch_add(ack.refused.len() as u64, Ordering::Relaxed);
+            }
             self.refused.extend(ack.refused);
             self.unrecorded = true;
+        }
+        if !self.recording {
+            return Ok(());
         }
         if self
             .committing
@@ -196,8 +271,23 @@ impl Progress {
         }
     }
 
+    /// What a held progress has acknowledged, to be recorded with the
+    /// file's validation (and counted only now: a file that fails delivers
+    /// nothing); from here on it records as usual.
+    pub fn release(&mut self, ctx: &Context) -> (u64, u64, Vec<Refusal>) {
+        ctx.counters
+            .batches_acked
+            .fetch_add(self.acked, Ordering::Relaxed);
+        ctx.counters
+            .rows_refused
+            .fetch_add(self.refused.len() as u64, Ordering::Relaxed);
+        self.recording = true;
+        self.unrecorded = false;
+        (self.acked, self.cursor, std::mem::take(&mut self.refused))
+    }
+
     /// Everything acknowledged is committed when this returns.
-    async fn record_all(&mut self, ctx: &Context) -> Result<(), PipelineError> {
+    pub async fn record_all(&mut self, ctx: &Context) -> Result<(), PipelineError> {
         self.wait_commit().await?;
         self.start_commit(ctx);
         self.wait_commit().await

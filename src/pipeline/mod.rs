@@ -7,7 +7,10 @@
 //! finish (report, move to `archive/` or `failed/`). A file leaves
 //! `processing/` only after its last batch is acknowledged. Resuming an
 //! occurrence re-runs the same steps and skips the batches the journal says
-//! are acknowledged. Errors of the proof file end in `failed/`; errors of
+//! are acknowledged. To a sink that stages (the file sink), the validation
+//! pass and the delivery are one read ([`stage`]): events wait in a file no
+//! consumer reads, and nothing of them is recorded, until the file passes.
+//! Errors of the proof file end in `failed/`; errors of
 //! our own state (full disk, journal) leave the file where it is, to be
 //! tried again.
 //!
@@ -21,6 +24,7 @@ mod finish;
 mod produce;
 mod rejects;
 mod report;
+mod stage;
 
 pub use context::{Context, Counters, PipelineError};
 pub use finish::settle_moved;
@@ -99,6 +103,8 @@ struct FileRun<'a> {
     counts: Option<Counts>,
     /// Told to the sink once a small file is read: see [`Sink::coming`].
     coming: Option<Coming>,
+    /// Read, validated and written to a sink that stages, not yet finished.
+    staged: Option<Box<stage::Staged>>,
 }
 
 /// Runs one occurrence to its end (or to shutdown).
@@ -214,6 +220,7 @@ impl<'a> FileRun<'a> {
             fingerprint: None,
             counts: None,
             coming: None,
+            staged: None,
         })
     }
 
@@ -258,12 +265,7 @@ impl<'a> FileRun<'a> {
         );
         let fingerprint = match blocking(move || unpack::fingerprint(&path, encoding, max)).await? {
             Ok(fingerprint) => fingerprint,
-            Err(err) => {
-                return Ok(Err(Ending::unread(
-                    Verdict::Failed,
-                    format!("cannot read the file: {err}"),
-                )))
-            }
+            Err(err) => return Ok(Err(unreadable(&err))),
         };
         let (id, sha256, size) = (
             self.occurrence.id.clone(),
@@ -304,22 +306,15 @@ impl<'a> FileRun<'a> {
             return Ok(Flow::Next);
         };
         let started = Instant::now();
-        let counts = {
-            let import = self.work.import.clone();
-            let path = self.occurrence.processing_path.clone();
-            let rejects_path = self.ctx.dirs.rejects_work_path(&self.occurrence.id);
-            blocking(move || rejects::validate(&import, &path, &fingerprint, &rejects_path)).await?
+        let counts = if self.ctx.sink.stages() && !self.resuming() {
+            self.stage(&fingerprint).await?
+        } else {
+            self.validation_pass(fingerprint).await?
         };
         self.report.validate_ms = started.elapsed().as_millis() as u64;
         let counts = match counts {
             Ok(counts) => counts,
-            Err(ValidateError::Proof(err)) => {
-                return Ok(Ending::unread(
-                    Verdict::Failed,
-                    format!("cannot read the file: {err}"),
-                ))
-            }
-            Err(ValidateError::State(err)) => return Err(err),
+            Err(flow) => return Ok(flow),
         };
         self.report.rows_accepted = counts.accepted;
         self.report.rows_rejected = counts.rejected;
@@ -329,35 +324,98 @@ impl<'a> FileRun<'a> {
             .rows_rejected
             .fetch_add(counts.rejected, Ordering::Relaxed);
         let ratio = rejected_share(counts.accepted, counts.rejected);
-        let max = self.work.import.max_reject_ratio;
-        if ratio > max {
-            let cause = {
-                let path = self.occurrence.processing_path.clone();
-                let import = self.work.import.clone();
-                blocking(move || {
-                    unpack::diagnose(&path, &import.format, import.max_decompressed_bytes)
-                })
-                .await?
-            };
-            let cause = cause.map_or_else(
-                || "probably a wrong date format, separator or encoding".to_string(),
-                |cause| cause.to_string(),
-            );
-            return Ok(Ending::unread(
-                Verdict::Quarantined,
-                format!(
-                    "{} of {} rows rejected ({:.0}%, above max_reject_ratio {max}): {cause}; nothing was sent",
-                    counts.rejected,
-                    counts.accepted + counts.rejected,
-                    ratio * 100.0,
-                ),
-            ));
+        if ratio > self.work.import.max_reject_ratio {
+            // A staged delivery is abandoned by the finish step.
+            return self.quarantine(counts, ratio).await;
         }
+        Ok(Flow::Next)
+    }
+
+    /// The validation pass alone: rows counted, rejects written.
+    async fn validation_pass(
+        &mut self,
+        fingerprint: Fingerprint,
+    ) -> Result<Result<Counts, Flow>, PipelineError> {
+        let import = self.work.import.clone();
+        let path = self.occurrence.processing_path.clone();
+        let rejects_path = self.ctx.dirs.rejects_work_path(&self.occurrence.id);
+        let counts =
+            blocking(move || rejects::validate(&import, &path, &fingerprint, &rejects_path))
+                .await?;
+        match counts {
+            Ok(counts) => Ok(Ok(counts)),
+            Err(ValidateError::Proof(err)) => Ok(Err(unreadable(&err))),
+            Err(ValidateError::State(err)) => Err(err),
+        }
+    }
+
+    /// The validation pass and the delivery in one read, for a sink that
+    /// stages (see [`stage`]): the staged delivery waits for the verdict.
+    async fn stage(
+        &mut self,
+        fingerprint: &Fingerprint,
+    ) -> Result<Result<Counts, Flow>, PipelineError> {
+        let target = self.target(output_stem(&self.occurrence, &self.work.import.name));
+        let staging = stage::stage(self.ctx, self.work, &self.occurrence, fingerprint, target);
+        match staging.await? {
+            stage::Staging::Staged(staged) => {
+                let counts = staged.counts;
+                self.staged = Some(staged);
+                Ok(Ok(counts))
+            }
+            stage::Staging::Unreadable(err) => Ok(Err(unreadable(&err))),
+            stage::Staging::Interrupted => Ok(Err(Flow::Interrupted)),
+        }
+    }
+
+    /// Too many rows rejected: the file fails whole, with the likely cause.
+    async fn quarantine(&mut self, counts: Counts, ratio: f64) -> Result<Flow, PipelineError> {
+        let cause = {
+            let path = self.occurrence.processing_path.clone();
+            let import = self.work.import.clone();
+            blocking(move || unpack::diagnose(&path, &import.format, import.max_decompressed_bytes))
+                .await?
+        };
+        let cause = cause.map_or_else(
+            || "probably a wrong date format, separator or encoding".to_string(),
+            |cause| cause.to_string(),
+        );
+        let max = self.work.import.max_reject_ratio;
+        Ok(Ending::unread(
+            Verdict::Quarantined,
+            format!(
+                "{} of {} rows rejected ({:.0}%, above max_reject_ratio {max}): {cause}; nothing was sent",
+                counts.rejected,
+                counts.accepted + counts.rejected,
+                ratio * 100.0,
+            ),
+        ))
+    }
+
+    fn target(&self, output_stem: String) -> DeliveryTarget {
+        let import = &self.work.import;
+        DeliveryTarget {
+            occurrence_id: self.occurrence.id.clone(),
+            import: import.name.clone(),
+            disable_integrations: import.disable_integrations,
+            organization_id: import.organization().map(str::to_string),
+            output_stem,
+        }
+    }
+
+    /// The batches of a staged file made durable and visible.
+    async fn commit_staged(&mut self, staged: Box<stage::Staged>) -> Result<Flow, PipelineError> {
+        let started = Instant::now();
+        self.report.batches = staged.commit(self.ctx).await?;
+        self.report.deliver_ms = started.elapsed().as_millis() as u64;
         Ok(Flow::Next)
     }
 
     /// Every batch after those already acknowledged, recording each ack.
     async fn deliver(&mut self) -> Result<Flow, PipelineError> {
+        if let Some(staged) = self.staged.take() {
+            return self.commit_staged(staged).await;
+        }
         let (Some(fingerprint), Some(counts)) = (self.fingerprint.clone(), self.counts) else {
             return Ok(Flow::Next);
         };
@@ -372,13 +430,7 @@ impl<'a> FileRun<'a> {
             _ => output_stem(occurrence, &self.work.import.name),
         };
         let batches_total = counts.accepted.div_ceil(batch_size);
-        let target = DeliveryTarget {
-            occurrence_id: occurrence.id.clone(),
-            import: self.work.import.name.clone(),
-            disable_integrations: self.work.import.disable_integrations,
-            organization_id: self.work.import.organization().map(str::to_string),
-            output_stem: output_stem.clone(),
-        };
+        let target = self.target(output_stem.clone());
         // From here on (or from the fingerprint on, for a small file) other
         // files' small requests wait for this one's events.
         let coming = self.coming.take().unwrap_or_else(|| self.coming_to_sink());
@@ -434,6 +486,10 @@ impl<'a> FileRun<'a> {
             delivered: true,
         }))
     }
+}
+
+fn unreadable(err: &io::Error) -> Flow {
+    Ending::unread(Verdict::Failed, format!("cannot read the file: {err}"))
 }
 
 /// The share of a file's rows that were rejected, compared with an import's

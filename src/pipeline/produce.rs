@@ -1,22 +1,31 @@
 //! The rows of a claimed file turned into batches of events, for delivery.
 //! Parsing and building events cost about the same, so a large file uses
 //! two threads (rows, then events); a small one does both on one thread,
-//! since a thread costs more than its few batches.
+//! since a thread costs more than its few batches. Given a [`Tally`], the
+//! same read is also the validation pass (rows counted, rejects written):
+//! see `stage`.
 
 use std::path::Path;
 
 use chrono::Utc;
 
-use super::{open_rows, PipelineError};
+use std::io::Read;
+
+use super::open_rows;
+use super::rejects::{Tally, ValidateError};
 use crate::claim::Fingerprint;
 use crate::config::Import;
 use crate::event::EventWriter;
 use crate::index;
-use crate::parse::Record;
+use crate::parse::{ParseError, Record, Row, RowReader};
 use crate::sink::Batch;
 
 /// Files with at most this many batches to send are read on one thread.
 const ONE_THREAD_BATCHES: u64 = 4;
+
+/// Files of at most this size are read on one thread when the number of
+/// their batches is not known yet (a pass that validates too).
+const ONE_THREAD_BYTES: u64 = 64 << 10;
 
 /// Batches that cross between threads together: one hand-over per batch
 /// cost a thread wake-up per 100 rows on each of the two channels.
@@ -33,27 +42,56 @@ pub(super) struct Production<'a> {
     pub fingerprint: &'a Fingerprint,
     pub batch_size: u64,
     pub skip_batches: u64,
-    pub batches_total: u64,
+    /// None when this read is the validation pass too.
+    pub batches_total: Option<u64>,
 }
 
-/// Sends the batches; `ids` records each event's id and line for the index.
+/// Sends the batches; `ids` records each event's id and line for the index,
+/// `tally` (if any) counts the rows and writes the rejected ones.
 pub(super) fn produce(
     job: &Production<'_>,
     sender: tokio::sync::mpsc::Sender<Run>,
     ids: index::Recorder,
-) -> Result<(), PipelineError> {
-    if job.batches_total.saturating_sub(job.skip_batches) <= ONE_THREAD_BATCHES {
-        produce_on_one_thread(job, sender, ids)
+    tally: Option<&mut Tally<'_>>,
+) -> Result<(), ValidateError> {
+    let small = match job.batches_total {
+        Some(total) => total.saturating_sub(job.skip_batches) <= ONE_THREAD_BATCHES,
+        None => job.fingerprint.size <= ONE_THREAD_BYTES,
+    };
+    if small {
+        produce_on_one_thread(job, sender, ids, tally)
     } else {
-        produce_batches(
-            job.import,
-            job.path,
-            job.file_name,
-            job.fingerprint,
-            (job.batch_size, job.skip_batches),
-            sender,
-            ids,
-        )
+        produce_batches(job, sender, ids, tally)
+    }
+}
+
+/// What the reader gave: a row, a rejected row (counted and written by the
+/// tally, if any), or the end.
+enum Next<'r> {
+    Row(Row<'r>),
+    Rejected,
+    End,
+}
+
+fn next_row<'r, R: Read>(
+    reader: &'r mut RowReader<'_, R>,
+    tally: &mut Option<&mut Tally<'_>>,
+) -> Result<Next<'r>, ValidateError> {
+    match reader.next_record() {
+        Err(ParseError::Io(source)) => Err(ValidateError::Proof(source)),
+        Ok(None) => Ok(Next::End),
+        Ok(Some(Record::Row(row))) => {
+            if let Some(tally) = tally {
+                tally.accept();
+            }
+            Ok(Next::Row(row))
+        }
+        Ok(Some(Record::Reject(reject))) => {
+            if let Some(tally) = tally {
+                tally.reject(&reject).map_err(ValidateError::State)?;
+            }
+            Ok(Next::Rejected)
+        }
     }
 }
 
@@ -61,22 +99,19 @@ fn produce_on_one_thread(
     job: &Production<'_>,
     sender: tokio::sync::mpsc::Sender<Run>,
     mut ids: index::Recorder,
-) -> Result<(), PipelineError> {
-    let io_error = |source| PipelineError::Io {
-        path: job.path.to_path_buf(),
-        source,
-    };
-    let (mut reader, _) = open_rows(job.import, job.path, job.fingerprint).map_err(io_error)?;
+    mut tally: Option<&mut Tally<'_>>,
+) -> Result<(), ValidateError> {
+    let (mut reader, _) =
+        open_rows(job.import, job.path, job.fingerprint).map_err(ValidateError::Proof)?;
     let mut writer = EventWriter::new(job.import, job.file_name, &job.fingerprint.sha256);
     let skip_rows = job.skip_batches * job.batch_size;
     let mut accepted = 0u64;
     let mut batch = Batch::new(job.skip_batches);
     loop {
-        let row = match reader.next_record() {
-            Err(crate::parse::ParseError::Io(source)) => return Err(io_error(source)),
-            Ok(None) => break,
-            Ok(Some(Record::Row(row))) => row,
-            Ok(Some(Record::Reject(_))) => continue,
+        let row = match next_row(&mut reader, &mut tally)? {
+            Next::Row(row) => row,
+            Next::Rejected => continue,
+            Next::End => break,
         };
         accepted += 1;
         if accepted <= skip_rows {
@@ -107,19 +142,14 @@ fn produce_on_one_thread(
 /// batches each, a scoped thread turns each block into batches of events,
 /// in order.
 fn produce_batches(
-    import: &Import,
-    path: &Path,
-    file_name: &str,
-    fingerprint: &Fingerprint,
-    (batch_size, skip_batches): (u64, u64),
+    job: &Production<'_>,
     sender: tokio::sync::mpsc::Sender<Run>,
     mut ids: index::Recorder,
-) -> Result<(), PipelineError> {
-    let io_error = |source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let (mut reader, _) = open_rows(import, path, fingerprint).map_err(io_error)?;
+    mut tally: Option<&mut Tally<'_>>,
+) -> Result<(), ValidateError> {
+    let (import, file_name, fingerprint) = (job.import, job.file_name, job.fingerprint);
+    let (batch_size, skip_batches) = (job.batch_size, job.skip_batches);
+    let (mut reader, _) = open_rows(import, job.path, fingerprint).map_err(ValidateError::Proof)?;
     let skip_rows = skip_batches * batch_size;
     let (blocks, received) = std::sync::mpsc::sync_channel::<RowBlock>(4);
     std::thread::scope(|scope| {
@@ -154,11 +184,10 @@ fn produce_batches(
         let mut accepted = 0u64;
         let mut block = RowBlock::default();
         loop {
-            let row = match reader.next_record() {
-                Err(crate::parse::ParseError::Io(source)) => return Err(io_error(source)),
-                Ok(None) => break,
-                Ok(Some(Record::Row(row))) => row,
-                Ok(Some(Record::Reject(_))) => continue,
+            let row = match next_row(&mut reader, &mut tally)? {
+                Next::Row(row) => row,
+                Next::Rejected => continue,
+                Next::End => break,
             };
             accepted += 1;
             if accepted <= skip_rows {

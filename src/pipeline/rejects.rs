@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{open_rows, PipelineError};
 use crate::claim::{self, Fingerprint};
 use crate::config::Import;
-use crate::parse::{Record, ResolvedEncoding, RowReader};
+use crate::parse::{Record, Reject, ResolvedEncoding, RowReader};
 use crate::unpack;
 
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +24,20 @@ pub(super) enum ValidateError {
     Proof(io::Error),
     /// Our own state cannot be written: the file waits.
     State(PipelineError),
+}
+
+impl ValidateError {
+    /// For a pass that only delivers (the file was validated before): a
+    /// read error leaves the file to be tried again, as our own errors do.
+    pub fn into_pipeline(self, path: &Path) -> PipelineError {
+        match self {
+            ValidateError::Proof(source) => PipelineError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            ValidateError::State(err) => err,
+        }
+    }
 }
 
 /// Plain files from this size are validated in two halves at once, one a
@@ -64,38 +78,71 @@ fn count_rows<R: Read>(
     encoding: ResolvedEncoding,
     rejects_path: &Path,
 ) -> Result<(Counts, (u64, bool)), ValidateError> {
-    let mut rejects: Option<RejectsWriter> = None;
-    let mut counts = Counts {
-        accepted: 0,
-        rejected: 0,
-    };
+    let mut tally = Tally::new(rejects_path, encoding);
     loop {
         match reader.next_record() {
             Ok(None) => break,
-            Ok(Some(Record::Row(_))) => counts.accepted += 1,
+            Ok(Some(Record::Row(_))) => tally.accept(),
             Ok(Some(Record::Reject(reject))) => {
-                counts.rejected += 1;
-                let raw = encoding.decode_lossy(reject.raw);
-                let writer = match &mut rejects {
-                    Some(writer) => writer,
-                    None => rejects
-                        .insert(RejectsWriter::create(rejects_path).map_err(ValidateError::State)?),
-                };
-                writer
-                    .write(reject.line, &reject.reason.to_string(), &raw)
-                    .map_err(ValidateError::State)?;
+                tally.reject(&reject).map_err(ValidateError::State)?;
             }
             Err(crate::parse::ParseError::Io(err)) => return Err(ValidateError::Proof(err)),
         }
     }
-    match rejects {
-        Some(writer) => writer.finish().map_err(ValidateError::State)?,
-        None => {
-            // A scratch file left by an earlier attempt is not this one's.
-            let _ = std::fs::remove_file(rejects_path);
+    let counts = tally.finish().map_err(ValidateError::State)?;
+    Ok((counts, reader.position()))
+}
+
+/// A pass's count of rows, and its rejects file, written as rejected rows
+/// come (created only when there is one: most files have none, and an
+/// empty file costs an fsync).
+pub(super) struct Tally<'p> {
+    counts: Counts,
+    rejects: Option<RejectsWriter>,
+    rejects_path: &'p Path,
+    encoding: ResolvedEncoding,
+}
+
+impl<'p> Tally<'p> {
+    pub fn new(rejects_path: &'p Path, encoding: ResolvedEncoding) -> Tally<'p> {
+        Tally {
+            counts: Counts {
+                accepted: 0,
+                rejected: 0,
+            },
+            rejects: None,
+            rejects_path,
+            encoding,
         }
     }
-    Ok((counts, reader.position()))
+
+    pub fn accept(&mut self) {
+        self.counts.accepted += 1;
+    }
+
+    pub fn reject(&mut self, reject: &Reject<'_>) -> Result<(), PipelineError> {
+        self.counts.rejected += 1;
+        let raw = self.encoding.decode_lossy(reject.raw);
+        let writer = match &mut self.rejects {
+            Some(writer) => writer,
+            None => self
+                .rejects
+                .insert(RejectsWriter::create(self.rejects_path)?),
+        };
+        writer.write(reject.line, &reject.reason.to_string(), &raw)
+    }
+
+    /// The counts, with the rejects file fsynced.
+    pub fn finish(self) -> Result<Counts, PipelineError> {
+        match self.rejects {
+            Some(writer) => writer.finish()?,
+            None => {
+                // A scratch file left by an earlier attempt is not this one's.
+                let _ = std::fs::remove_file(self.rejects_path);
+            }
+        }
+        Ok(self.counts)
+    }
 }
 
 /// A plain file read as two halves on two threads: the head up to the line

@@ -13,6 +13,9 @@
 //! 2,100, and 92 journal commits of its progress rather than 1,000). Each
 //! ack carries the byte length synced. On resume the partial file is cut
 //! back to the last recorded length, so nothing is ever written twice.
+//! A file's events may be written while it is still being validated (the
+//! same read does both); if it fails validation its delivery is abandoned
+//! and the `.partial` file removed, never renamed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -163,6 +166,18 @@ impl FileDelivery {
         (acks, result)
     }
 
+    /// Forgets the occurrence: its `.partial` file is removed (written
+    /// while the file was being validated, it failed validation).
+    pub async fn abandon(mut self) -> Result<(), SinkError> {
+        // A running fsync's result no longer matters, only that it ended.
+        let _ = self.wait_sync().await;
+        std::fs::remove_file(&self.partial).map_err(io_at(&self.partial))?;
+        self.dir_sync
+            .sync_dir_of(&self.partial)
+            .await
+            .map_err(sink_error)
+    }
+
     /// Makes everything written durable and acknowledges it.
     pub async fn checkpoint(&mut self) -> Result<Vec<Ack>, SinkError> {
         self.sync_all().await
@@ -301,6 +316,22 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("20260101T000000Z_news_occ.ndjson"))
             .expect("complete file");
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_delivery_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::new(FileSinkSettings {
+            organization_id: None,
+            dir: dir.path().to_path_buf(),
+            batch_size: 1,
+        })
+        .expect("sink");
+        let mut delivery = sink.open(&target(), None).await.expect("open");
+        delivery.send(batch(0, &["{\"a\":1}"])).await.expect("send");
+        delivery.start_sync();
+        delivery.abandon().await.expect("abandon");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 
     #[tokio::test]

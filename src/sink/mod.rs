@@ -147,6 +147,14 @@ impl Sink {
         })
     }
 
+    /// Whether a file's events may be handed over while it is validated,
+    /// in the same read: the file sink's stay in a file no consumer reads
+    /// until [`Delivery::finish`], and [`Delivery::abandon`] removes them.
+    /// Never the API's: nothing is sent from a file that is quarantined.
+    pub fn stages(&self) -> bool {
+        matches!(self, Sink::File(_))
+    }
+
     /// A file is on its way to delivery to `organization_id` (the import's;
     /// None: the sink's) with `disable_integrations`: until the returned
     /// guard is dropped, the http sink holds requests of that destination
@@ -221,6 +229,17 @@ impl Delivery {
                 Err(err) => (Vec::new(), Err(err)),
             },
             Delivery::Http(delivery) => delivery.finish().await,
+        }
+    }
+
+    /// Forgets what was handed over, for a file that failed validation
+    /// (only a delivery of a sink that [`Sink::stages`] can).
+    pub async fn abandon(self) -> Result<(), SinkError> {
+        match self {
+            Delivery::File(delivery) => delivery.abandon().await,
+            Delivery::Http(_) => Err(SinkError::Setup(
+                "an http delivery cannot take back what it sent".into(),
+            )),
         }
     }
 
