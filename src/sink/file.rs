@@ -251,6 +251,15 @@ mod tests {
         batch
     }
 
+    fn sink_in(dir: &Path, batch_size: usize) -> FileSink {
+        FileSink::new(FileSinkSettings {
+            organization_id: None,
+            dir: dir.to_path_buf(),
+            batch_size,
+        })
+        .expect("sink")
+    }
+
     fn target() -> DeliveryTarget {
         DeliveryTarget {
             occurrence_id: "occ".into(),
@@ -264,12 +273,7 @@ mod tests {
     #[tokio::test]
     async fn batches_become_ndjson_and_the_file_is_renamed_when_complete() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::new(FileSinkSettings {
-            organization_id: None,
-            dir: dir.path().to_path_buf(),
-            batch_size: 2,
-        })
-        .expect("sink");
+        let sink = sink_in(dir.path(), 2);
         let mut delivery = sink.open(&target(), None).await.expect("open");
         let mut acks = delivery
             .send(batch(0, &["{\"a\":1}", "{\"a\":2}"]))
@@ -293,12 +297,7 @@ mod tests {
     #[tokio::test]
     async fn resume_cuts_what_came_after_the_last_ack() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::new(FileSinkSettings {
-            organization_id: None,
-            dir: dir.path().to_path_buf(),
-            batch_size: 1,
-        })
-        .expect("sink");
+        let sink = sink_in(dir.path(), 1);
         let mut first = sink.open(&target(), None).await.expect("open");
         first.send(batch(0, &["{\"a\":1}"])).await.expect("send");
         let acks = first.checkpoint().await.expect("sync");
@@ -321,12 +320,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_delivery_leaves_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::new(FileSinkSettings {
-            organization_id: None,
-            dir: dir.path().to_path_buf(),
-            batch_size: 1,
-        })
-        .expect("sink");
+        let sink = sink_in(dir.path(), 1);
         let mut delivery = sink.open(&target(), None).await.expect("open");
         delivery.send(batch(0, &["{\"a\":1}"])).await.expect("send");
         delivery.start_sync();
@@ -337,12 +331,7 @@ mod tests {
     #[tokio::test]
     async fn no_accepted_rows_leave_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::new(FileSinkSettings {
-            organization_id: None,
-            dir: dir.path().to_path_buf(),
-            batch_size: 1,
-        })
-        .expect("sink");
+        let sink = sink_in(dir.path(), 1);
         let mut delivery = sink.open(&target(), None).await.expect("open");
         let (acks, result) = delivery.finish().await;
         result.expect("finish");
