@@ -42,12 +42,8 @@ pub(super) async fn finish(run: FileRun<'_>, ending: Ending) -> Result<Report, P
         fingerprint,
         counts,
         coming,
-        staged,
+        staged: _,
     } = run;
-    // The file failed validation after its events were staged: they go.
-    if let Some(staged) = staged {
-        staged.abandon(&occurrence).await;
-    }
     // Whatever comes from here on is not events.
     drop(coming);
     report.status = ending.verdict;

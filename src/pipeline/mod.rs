@@ -172,7 +172,7 @@ pub async fn process_claimed(
         match flow {
             Flow::Next => {}
             Flow::Interrupted => return Ok(run.report),
-            Flow::Finish(ending) => return finish::finish(run, ending).await,
+            Flow::Finish(ending) => return run.end(ending).await,
         }
     }
     // Every step passed.
@@ -181,7 +181,7 @@ pub async fn process_claimed(
         reason: None,
         delivered: true,
     };
-    finish::finish(run, ending).await
+    run.end(ending).await
 }
 
 impl<'a> FileRun<'a> {
@@ -222,6 +222,15 @@ impl<'a> FileRun<'a> {
             coming: None,
             staged: None,
         })
+    }
+
+    /// The finish step; events staged for a file that then failed
+    /// validation are removed first.
+    async fn end(mut self, ending: Ending) -> Result<Report, PipelineError> {
+        if let Some(staged) = self.staged.take() {
+            staged.abandon(&self.occurrence).await;
+        }
+        finish::finish(self, ending).await
     }
 
     fn coming_to_sink(&self) -> Coming {
@@ -325,7 +334,7 @@ impl<'a> FileRun<'a> {
             .fetch_add(counts.rejected, Ordering::Relaxed);
         let ratio = rejected_share(counts.accepted, counts.rejected);
         if ratio > self.work.import.max_reject_ratio {
-            // A staged delivery is abandoned by the finish step.
+            // A staged delivery is abandoned at the end (`FileRun::end`).
             return self.quarantine(counts, ratio).await;
         }
         Ok(Flow::Next)
