@@ -5,11 +5,10 @@
 //! same read is also the validation pass (rows counted, rejects written):
 //! see `stage`.
 
+use std::io::Read;
 use std::path::Path;
 
 use chrono::Utc;
-
-use std::io::Read;
 
 use super::open_rows;
 use super::rejects::{Tally, ValidateError};
