@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::produce::{self, Production, Run};
 use super::rejects::{Counts, Tally, ValidateError};
-use super::{Context, PipelineError, Work};
+use super::{resolved_encoding, Context, PipelineError, Work};
 use crate::claim::Fingerprint;
 use crate::index;
 use crate::journal::{JournalError, Occurrence};
@@ -42,13 +42,13 @@ pub(super) async fn deliver(
     plan: DeliveryPlan,
 ) -> Result<u64, PipelineError> {
     let mut delivery = ctx.sink.open(&plan.target, plan.cursor).await?;
-    let read = Read {
+    let reading = ReadPlan {
         batch_size: plan.batch_size,
         skip: plan.skip,
         batches_total: Some(plan.batches_total),
         rejects_path: None,
     };
-    let (producer, receiver) = spawn_producer(ctx, work, occurrence, fingerprint, read);
+    let (producer, receiver) = spawn_producer(ctx, work, occurrence, fingerprint, reading);
     let mut progress = Progress::new(occurrence.id.clone(), plan.skip, plan.cursor);
     let interrupted = send_runs(
         ctx,
@@ -84,7 +84,7 @@ pub(super) async fn deliver(
 }
 
 /// What the reader thread reads, and whether it validates as it goes.
-pub(super) struct Read {
+pub(super) struct ReadPlan {
     pub batch_size: u64,
     pub skip: u64,
     /// None when the read is the validation pass too.
@@ -100,7 +100,7 @@ pub(super) fn spawn_producer(
     work: &Work,
     occurrence: &Occurrence,
     fingerprint: &Fingerprint,
-    read: Read,
+    plan: ReadPlan,
 ) -> (
     JoinHandle<Result<Option<Counts>, ValidateError>>,
     tokio::sync::mpsc::Receiver<Run>,
@@ -112,7 +112,7 @@ pub(super) fn spawn_producer(
     let fingerprint = fingerprint.clone();
     let ids = index::Recorder::create(
         &index::work_path(&ctx.dirs.work, &occurrence.id),
-        read.skip == 0,
+        plan.skip == 0,
     );
     let producer = tokio::task::spawn_blocking(move || {
         let job = Production {
@@ -120,18 +120,14 @@ pub(super) fn spawn_producer(
             path: &path,
             file_name: &file_name,
             fingerprint: &fingerprint,
-            batch_size: read.batch_size,
-            skip_batches: read.skip,
-            batches_total: read.batches_total,
+            batch_size: plan.batch_size,
+            skip_batches: plan.skip,
+            batches_total: plan.batches_total,
         };
-        let Some(rejects_path) = &read.rejects_path else {
+        let Some(rejects_path) = &plan.rejects_path else {
             return produce::produce(&job, sender, ids, None).map(|()| None);
         };
-        let encoding = import
-            .format
-            .encoding
-            .resolve(fingerprint.is_utf8, fingerprint.bom);
-        let mut tally = Tally::new(rejects_path, encoding);
+        let mut tally = Tally::new(rejects_path, resolved_encoding(&import, &fingerprint));
         produce::produce(&job, sender, ids, Some(&mut tally))?;
         tally.finish().map(Some).map_err(ValidateError::State)
     });
@@ -172,8 +168,8 @@ pub(super) async fn send_runs(
 /// Acknowledged progress, and the record of it being committed.
 pub(super) struct Progress {
     occurrence_id: String,
-    pub acked: u64,
-    pub cursor: u64,
+    acked: u64,
+    cursor: u64,
     /// Refused events acknowledged but not yet in a record.
     refused: Vec<Refusal>,
     unrecorded: bool,
@@ -287,7 +283,7 @@ impl Progress {
     }
 
     /// Everything acknowledged is committed when this returns.
-    pub async fn record_all(&mut self, ctx: &Context) -> Result<(), PipelineError> {
+    async fn record_all(&mut self, ctx: &Context) -> Result<(), PipelineError> {
         self.wait_commit().await?;
         self.start_commit(ctx);
         self.wait_commit().await

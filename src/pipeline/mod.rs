@@ -521,11 +521,17 @@ pub fn open_rows<'i>(
     fingerprint: &Fingerprint,
 ) -> io::Result<(RowReader<'i, unpack::Content>, ResolvedEncoding)> {
     let file = unpack::open(path, import.max_decompressed_bytes)?;
-    let encoding = import
+    let encoding = resolved_encoding(import, fingerprint);
+    Ok((RowReader::new(file, &import.format, encoding), encoding))
+}
+
+/// The encoding every pass over a file reads it in: the import's, with
+/// `auto` settled by the file's fingerprint.
+pub fn resolved_encoding(import: &Import, fingerprint: &Fingerprint) -> ResolvedEncoding {
+    import
         .format
         .encoding
-        .resolve(fingerprint.is_utf8, fingerprint.bom);
-    Ok((RowReader::new(file, &import.format, encoding), encoding))
+        .resolve(fingerprint.is_utf8, fingerprint.bom)
 }
 
 /// `20261123T145500.123Z_<import>_<occurrence>`: sorts by claim time.

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{open_rows, PipelineError};
+use super::{open_rows, resolved_encoding, PipelineError};
 use crate::claim::{self, Fingerprint};
 use crate::config::Import;
 use crate::parse::{Record, Reject, ResolvedEncoding, RowReader};
@@ -157,10 +157,7 @@ fn validate_in_halves(
     fingerprint: &Fingerprint,
     rejects_path: &Path,
 ) -> Result<Option<Counts>, ValidateError> {
-    let encoding = import
-        .format
-        .encoding
-        .resolve(fingerprint.is_utf8, fingerprint.bom);
+    let encoding = resolved_encoding(import, fingerprint);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let bytes_as_read = matches!(
         encoding,

@@ -13,7 +13,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use super::deliver::{self, Progress, Read};
+use super::deliver::{self, Progress, ReadPlan};
 use super::rejects::{Counts, ValidateError};
 use super::{Context, PipelineError, Work};
 use crate::claim::Fingerprint;
@@ -48,21 +48,21 @@ pub(super) async fn stage(
 ) -> Result<Staging, PipelineError> {
     let batch_size = ctx.batch_size as u64;
     let mut delivery = ctx.sink.open(&target, None).await?;
-    let read = Read {
+    let plan = ReadPlan {
         batch_size,
         skip: 0,
         batches_total: None,
         rejects_path: Some(ctx.dirs.rejects_work_path(&occurrence.id)),
     };
-    let (producer, receiver) = deliver::spawn_producer(ctx, work, occurrence, fingerprint, read);
+    let (producer, receiver) = deliver::spawn_producer(ctx, work, occurrence, fingerprint, plan);
     let mut progress = Progress::held(occurrence.id.clone());
     let sent = deliver::send_runs(ctx, &mut delivery, receiver, &mut progress, None).await;
     // The reader ends once the channel is gone (or at the file's end).
-    let read = producer.await;
+    let counted = producer.await;
     if sent? {
         return Ok(Staging::Interrupted);
     }
-    let counts = match read {
+    let counts = match counted {
         Ok(Ok(Some(counts))) => counts,
         Ok(Ok(None)) => {
             return Err(PipelineError::Worker(

@@ -20,10 +20,7 @@ pub(super) fn seek_start(
     let Wanted::Id(_, line, ordinal) = wanted else {
         return Ok(None);
     };
-    let encoding = import
-        .format
-        .encoding
-        .resolve(held.print.is_utf8, held.print.bom);
+    let encoding = crate::pipeline::resolved_encoding(import, &held.print);
     let plain = matches!(
         encoding,
         ResolvedEncoding::Utf8 | ResolvedEncoding::Windows1252 | ResolvedEncoding::Iso8859_1
