@@ -69,57 +69,6 @@ fn kill_9_during_delivery_resends_only_unacknowledged_batches() {
 }
 
 #[test]
-fn progress_is_recorded_every_16_acknowledged_batches_and_at_the_end() {
-    let api = BackgroundApi::start(ServerOptions::default());
-    let root = tempfile::tempdir().expect("tmp");
-    let site = Site::with_sink(
-        IMPORT,
-        &http_sink(
-            &api.server.base_url(),
-            &api_key_credentials(root.path(), "test-secret"),
-            "concurrency = 1",
-        ),
-    );
-    // One request at a time, each slower than a journal commit: one record
-    // per ack if each ack were recorded at once.
-    api.server.set_delay(Duration::from_millis(2));
-    let file = site.path("pr-records.csv");
-    std::fs::write(&file, proof_rows("r", 10_000)).expect("proof file");
-    let output = site.import(&file);
-    assert!(output.status.success(), "{output:?}");
-    assert_eq!(api.server.event_count(), 10_000);
-    let journal = rusqlite::Connection::open_with_flags(
-        site.state.join("journal.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("journal");
-    let mut statement = journal
-        .prepare("SELECT batches_acked FROM acks ORDER BY batches_acked")
-        .expect("acks");
-    let records: Vec<i64> = statement
-        .query_map([], |row| row.get(0))
-        .expect("acks")
-        .collect::<Result<_, _>>()
-        .expect("acks");
-    assert_eq!(
-        records.last(),
-        Some(&100),
-        "the last record covers every batch: {records:?}"
-    );
-    // While the reader is ahead of the API, a record covers at least 16
-    // batches; a few shorter ones may come while the reader is behind.
-    let long = records
-        .windows(2)
-        .filter(|pair| pair[1] - pair[0] >= 16)
-        .count();
-    assert!(
-        records.len() <= 100 / 16 + 3 && long >= 3,
-        "{} records for 100 batches: {records:?}",
-        records.len()
-    );
-}
-
-#[test]
 fn an_api_in_trouble_gets_every_event_exactly_once() {
     let api = BackgroundApi::start(ServerOptions::default());
     let root = tempfile::tempdir().expect("tmp");

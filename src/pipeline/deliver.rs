@@ -1,16 +1,13 @@
 //! The delivery pass of one file: batches from the reader threads to the
 //! sink, acknowledgements from the sink to the journal.
 //!
-//! Progress is recorded without a timer, in records of at least
-//! [`RECORD_EVERY`] acknowledged batches: once that many are acknowledged
-//! since the last record and no record of this file is being committed, a
-//! record of everything acknowledged so far joins the journal's next group
-//! commit. Fewer wait for the next ones, unless the delivery has to wait for
-//! its reader (then they are recorded meanwhile); the end of the file, a
-//! shutdown and a sink error record them all. While a record commits,
-//! delivery goes on. The journal never holds more than the sink
-//! acknowledged, and a crash re-sends at most what was not yet committed:
-//! the batches in flight and fewer than `RECORD_EVERY` acknowledged ones.
+//! Progress is recorded without a timer: as soon as the sink acknowledges
+//! something and no record of this file is being committed, a record of
+//! everything acknowledged so far joins the journal's next group commit.
+//! While it commits, delivery goes on; what is acknowledged meanwhile goes
+//! into the next record. The journal never holds more than the sink
+//! acknowledged, and a crash re-sends at most what was not yet committed.
+
 use std::sync::atomic::Ordering;
 
 use tokio::task::JoinHandle;
@@ -22,13 +19,6 @@ use crate::claim::Fingerprint;
 use crate::index;
 use crate::journal::{JournalError, Occurrence};
 use crate::sink::{Ack, Coming, Delivery, DeliveryTarget, Refusal, SinkError};
-
-/// How many acknowledged batches a progress record waits for. Each record
-/// is a journal commit and its fsync, about a third of a millisecond of CPU
-/// here: at one record per ack a delivery to the API spent a fifth of its
-/// CPU on them. A `kill -9` re-sends at most this many acknowledged batches
-/// more, which the API drops by their ids.
-pub(super) const RECORD_EVERY: u64 = 16;
 
 pub(super) struct DeliveryPlan {
     pub batch_size: u64,
@@ -60,23 +50,14 @@ pub(super) async fn deliver(
     };
     let (producer, receiver) = spawn_producer(ctx, work, occurrence, fingerprint, reading);
     let mut progress = Progress::new(occurrence.id.clone(), plan.skip, plan.cursor);
-    let sent = send_runs(
+    let interrupted = send_runs(
         ctx,
         &mut delivery,
         receiver,
         &mut progress,
         Some(plan.coming),
     )
-    .await;
-    let interrupted = match sent {
-        Ok(interrupted) => interrupted,
-        Err(err) => {
-            if let Err(record) = progress.record_all(ctx).await {
-                tracing::warn!(%record, "progress not recorded after a delivery error");
-            }
-            return Err(err);
-        }
-    };
+    .await?;
     let (acks, result) = if interrupted {
         delivery.checkpoint().await
     } else {
@@ -166,19 +147,10 @@ pub(super) async fn send_runs(
         // Other files' events may wait for these batches to fill a request.
         delivery.producing();
         drop(coming.take());
-        let run = match receiver.try_recv() {
-            Ok(run) => Some(run),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                // The sink waits for the reader: what it acknowledged is
-                // recorded meanwhile.
-                progress.record_pending(ctx).await?;
-                tokio::select! {
-                    biased;
-                    () = ctx.shutdown.cancelled() => return Ok(true),
-                    run = receiver.recv() => run,
-                }
-            }
+        let run = tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => return Ok(true),
+            run = receiver.recv() => run,
         };
         let Some(run) = run else {
             return Ok(false);
@@ -201,8 +173,6 @@ pub(super) struct Progress {
     /// Refused events acknowledged but not yet in a record.
     refused: Vec<Refusal>,
     unrecorded: bool,
-    /// `acked` when the last record was started.
-    recorded: u64,
     committing: Option<JoinHandle<Result<(), JournalError>>>,
     /// False while the file is not validated yet: acks are only counted,
     /// recorded later with its validation ([`Progress::held`]).
@@ -217,7 +187,6 @@ impl Progress {
             cursor: cursor.unwrap_or(0),
             refused: Vec::new(),
             unrecorded: false,
-            recorded: acked,
             committing: None,
             recording: true,
         }
@@ -264,25 +233,6 @@ impl Progress {
         {
             self.wait_commit().await?;
         }
-        if self.committing.is_none() && record_due(self.acked, self.recorded) {
-            self.start_commit(ctx);
-        }
-        Ok(())
-    }
-
-    /// Starts a record of whatever is acknowledged and not recorded, unless
-    /// one is being committed (its end starts the next, in `absorb`).
-    async fn record_pending(&mut self, ctx: &Context) -> Result<(), PipelineError> {
-        if !self.recording {
-            return Ok(());
-        }
-        if self
-            .committing
-            .as_ref()
-            .is_some_and(JoinHandle::is_finished)
-        {
-            self.wait_commit().await?;
-        }
         if self.committing.is_none() {
             self.start_commit(ctx);
         }
@@ -299,7 +249,6 @@ impl Progress {
         let (acked, cursor) = (self.acked, self.cursor);
         let refused = std::mem::take(&mut self.refused);
         self.unrecorded = false;
-        self.recorded = acked;
         let writer = ctx.writer.clone();
         self.committing = Some(tokio::spawn(async move {
             writer
@@ -330,7 +279,6 @@ impl Progress {
             .fetch_add(self.refused.len() as u64, Ordering::Relaxed);
         self.recording = true;
         self.unrecorded = false;
-        self.recorded = self.acked;
         (self.acked, self.cursor, std::mem::take(&mut self.refused))
     }
 
@@ -339,24 +287,5 @@ impl Progress {
         self.wait_commit().await?;
         self.start_commit(ctx);
         self.wait_commit().await
-    }
-}
-
-/// Whether enough is acknowledged since the last record for a new one.
-fn record_due(acked: u64, recorded: u64) -> bool {
-    acked >= recorded + RECORD_EVERY
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_waits_for_record_every_batches() {
-        assert!(!record_due(0, 0));
-        assert!(!record_due(RECORD_EVERY - 1, 0));
-        assert!(record_due(RECORD_EVERY, 0));
-        assert!(!record_due(40 + RECORD_EVERY - 1, 40));
-        assert!(record_due(40 + RECORD_EVERY + 3, 40));
     }
 }
