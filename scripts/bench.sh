@@ -5,8 +5,12 @@
 #   scripts/bench.sh [ROWS...]        (default: 1000000 5000000)
 #
 # File sink, for each ROWS: generates a proof file with `consent-drop sample`,
-# imports it (validation pass included) and prints rows/s, MB/s, peak RSS and
-# consent-drop's CPU seconds (user + system; the steadier figure on a busy machine).
+# imports it (validation pass included) BENCH_ROUNDS times (default 3),
+# alternated with Miller, and prints the medians: rows/s, MB/s, peak RSS and
+# consent-drop's CPU seconds (user + system; the steadier figure on a busy
+# machine), with the range of the rounds. For the first size, the same
+# imports with state and sink on tmpfs (/dev/shm) follow: what of the gap to
+# Miller, which writes to /dev/null, is the disk taking the fsynced NDJSON.
 #
 # HTTP, for BENCH_HTTP_ROWS rows (default 1000000; 0 skips it): one proof
 # file, imported once to the file sink for its events (NDJSON), then over
@@ -55,7 +59,9 @@ server_bin="$PWD/target/release/examples/test_server"
 load_bin="$PWD/target/release/examples/api_load"
 work="$(mktemp -d)"
 server_pid=""
+tmpfs_work=""
 cleanup() {
+  [ -z "$tmpfs_work" ] || rm -rf "$tmpfs_work"
   if [ -n "$server_pid" ]; then kill "$server_pid" 2> /dev/null || true; wait "$server_pid" 2> /dev/null || true; fi
   rm -rf "$work"
 }
@@ -78,30 +84,72 @@ TOML
 mkdir -p "$work/drop"
 # seconds, peak RSS (KiB), user and system CPU seconds
 timer=(/usr/bin/time -f "%e %M %U %S")
+# row_line LABEL ROWS BYTES "SECONDS..." "RSS_KIB..." "MILLER_SECONDS..." "CPU_S..."
+# prints the medians of the rounds (and the highest peak RSS)
+row_line() {
+  python3 - "$@" <<'PY'
+import statistics as st, sys
+label, n, b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seconds, rss, miller, cpu = ([float(x) for x in a.split()] for a in sys.argv[4:8])
+s = max(st.median(seconds), 0.01)
+miller_s = st.median(miller) if miller else 0
+m, ratio = ("-", "-") if miller_s <= 0 else (f"{n/miller_s:.0f}", f"{miller_s/s:.2f}x")
+spread = ""
+if len(seconds) > 1:
+    spread = f"  {min(seconds):.2f}-{max(seconds):.2f} s"
+    if miller:
+        spread += f", Miller {min(miller):.2f}-{max(miller):.2f} s"
+print(f"{label:<10} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {max(rss)/1024:12.1f} {m:>12} {ratio:>8} {st.median(cpu):8.2f}{spread}")
+PY
+}
+
+# import_once CONFIG FILE: one import, its figures appended to the rounds'
+import_once() {
+  rm -rf "$work/state" "$work/outbox"
+  [ -z "$tmpfs_work" ] || rm -rf "$tmpfs_work/state" "$tmpfs_work/outbox"
+  "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$1" "$2" > /dev/null
+  read -r seconds rss_kib user_s sys_s < "$work/time"
+  round_seconds+=" $seconds"
+  round_rss+=" $rss_kib"
+  round_cpu+=" $(awk -v u="$user_s" -v s="$sys_s" 'BEGIN { printf "%.2f", u + s }')"
+}
+
+rounds="${BENCH_ROUNDS:-3}"
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS=$rounds: not a number of rounds" >&2; exit 2; }
+# For the first size, the same import with its state and sink on tmpfs:
+# how much of the gap to Miller (which writes to /dev/null) is the disk.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  tmpfs_work="$(mktemp -d /dev/shm/consent-drop-bench.XXXXXX)"
+  sed -e "s#$work/state#$tmpfs_work/state#" -e "s#$work/outbox#$tmpfs_work/outbox#" \
+    "$work/bench.toml" > "$work/tmpfs.toml"
+fi
+echo "Row path: import to the file sink, medians of $rounds rounds alternated with Miller"
 printf '%-10s %12s %10s %10s %12s %12s %8s %8s\n' rows seconds rows/s MB/s peak_RSS_MiB miller_rows/s ratio cpu_s
+first_size=true
 for rows in "${@:-1000000 5000000}"; do
   for n in $rows; do
     file="$work/pr-bench-$n.csv"
     "$bin" sample -c "$work/bench.toml" --import bench --rows "$n" -o "$file"
     bytes=$(stat -c %s "$file")
-    rm -rf "$work/state" "$work/outbox"
-    "${timer[@]}" -o "$work/time" "$bin" import --quiet -c "$work/bench.toml" "$file" > /dev/null
-    read -r seconds rss_kib user_s sys_s < "$work/time"
-    miller_seconds=0
-    if command -v mlr > /dev/null; then
-      "${timer[@]}" -o "$work/mtime" mlr --icsv --ifs ';' --allow-ragged-csv-input --ojsonl cat "$file" > /dev/null
-      read -r miller_seconds _ < "$work/mtime"
-    fi
-    python3 - "$n" "$seconds" "$bytes" "$rss_kib" "$miller_seconds" "$user_s" "$sys_s" <<'PY'
-import sys
-n, s, b, rss, m = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-cpu = float(sys.argv[6]) + float(sys.argv[7])
-s = max(s, 0.01)
-miller, ratio = ("-", "-") if m <= 0 else (f"{n/m:.0f}", f"{m/s:.2f}x")
-print(f"{n:<10d} {s:12.2f} {n/s:10.0f} {b/s/1e6:10.1f} {rss/1024:12.1f} {miller:>12} {ratio:>8} {cpu:8.2f}")
-PY
+    round_seconds="" round_rss="" round_cpu="" miller_seconds=""
+    for _ in $(seq 1 "$rounds"); do
+      import_once "$work/bench.toml" "$file"
+      if command -v mlr > /dev/null; then
+        "${timer[@]}" -o "$work/mtime" mlr --icsv --ifs ';' --allow-ragged-csv-input --ojsonl cat "$file" > /dev/null
+        read -r seconds _ < "$work/mtime"
+        miller_seconds+=" $seconds"
+      fi
+    done
+    row_line "$n" "$n" "$bytes" "$round_seconds" "$round_rss" "$miller_seconds" "$round_cpu"
     lines=$(cat "$work"/outbox/*.ndjson | wc -l)
     [ "$lines" -le "$n" ] || { echo "more events than rows?" >&2; exit 1; }
+    if $first_size && [ -n "$tmpfs_work" ]; then
+      round_seconds="" round_rss="" round_cpu=""
+      for _ in $(seq 1 "$rounds"); do import_once "$work/tmpfs.toml" "$file"; done
+      row_line "  tmpfs" "$n" "$bytes" "$round_seconds" "$round_rss" "$miller_seconds" "$round_cpu"
+      rm -rf "$tmpfs_work/state" "$tmpfs_work/outbox"
+    fi
+    first_size=false
     rm -f "$file"
   done
 done
