@@ -168,7 +168,13 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 [ "$(archived)" -ge 2 ] || { cat "$WORK/daemon.log" >&2; fail "the daemon did not archive the two files"; }
-metrics=$(scrape /metrics) || true
+# A report is in archive/ before the file's outcome is in the journal (the
+# move comes first), and the counter follows the journal: poll for it.
+for _ in $(seq 1 300); do
+    metrics=$(scrape /metrics) || true
+    grep -q '^consent_drop_files_archived_total 2$' <<<"$metrics" && break
+    sleep 0.1
+done
 grep -q '^consent_drop_files_archived_total 2$' <<<"$metrics" ||
     { echo "$metrics" >&2; fail "/metrics does not count 2 archived files"; }
 health=$(scrape /healthz) || true
