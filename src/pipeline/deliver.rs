@@ -155,8 +155,8 @@ pub(super) async fn send_runs(
         let Some(run) = run else {
             return Ok(false);
         };
-        for batch in run {
-            match delivery.send(batch).await {
+        for part in delivery.parts_of(run) {
+            match delivery.send_all(part).await {
                 Ok(acks) => progress.absorb(ctx, acks).await?,
                 Err(SinkError::Interrupted) => return Ok(true),
                 Err(err) => return Err(err.into()),

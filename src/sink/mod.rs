@@ -219,6 +219,31 @@ impl Delivery {
         }
     }
 
+    /// A run of batches cut into what [`Delivery::send_all`] takes at once:
+    /// the file sink writes a whole run with one call; the http sink takes
+    /// its batches one at a time, so that their acks are recorded as they
+    /// come rather than after the run.
+    pub fn parts_of(&self, run: Vec<Batch>) -> Vec<Vec<Batch>> {
+        match self {
+            Delivery::File(_) => vec![run],
+            Delivery::Http(_) => run.into_iter().map(|batch| vec![batch]).collect(),
+        }
+    }
+
+    /// [`Delivery::send`] for several batches in order.
+    pub async fn send_all(&mut self, batches: Vec<Batch>) -> Result<Vec<Ack>, SinkError> {
+        match self {
+            Delivery::File(delivery) => delivery.send_run(batches).await,
+            Delivery::Http(delivery) => {
+                let mut acks = Vec::new();
+                for batch in batches {
+                    acks.extend(delivery.send(batch).await?);
+                }
+                Ok(acks)
+            }
+        }
+    }
+
     /// Shutdown: makes durable what can be, without completing the
     /// occurrence (the file sink keeps its `.partial` file), and returns the
     /// acks. Batches not acknowledged are sent again on resume.
