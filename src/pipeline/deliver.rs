@@ -155,8 +155,9 @@ pub(super) async fn send_runs(
         let Some(run) = run else {
             return Ok(false);
         };
-        for part in delivery.parts_of(run) {
-            match delivery.send_all(part).await {
+        let mut run = run.into_iter();
+        while run.len() > 0 {
+            match delivery.send_from(&mut run).await {
                 Ok(acks) => progress.absorb(ctx, acks).await?,
                 Err(SinkError::Interrupted) => return Ok(true),
                 Err(err) => return Err(err.into()),

@@ -219,28 +219,21 @@ impl Delivery {
         }
     }
 
-    /// A run of batches cut into what [`Delivery::send_all`] takes at once:
-    /// the file sink writes a whole run with one call; the http sink takes
-    /// its batches one at a time, so that their acks are recorded as they
-    /// come rather than after the run.
-    pub fn parts_of(&self, run: Vec<Batch>) -> Vec<Vec<Batch>> {
+    /// Hands over the next batches of `run` (seq strictly increasing) and
+    /// returns the acks that became final, as [`Delivery::send`]: the file
+    /// sink takes the whole run, written with one call; the http sink takes
+    /// one batch, so that the caller records its acks as they come rather
+    /// than after the run.
+    pub async fn send_from(
+        &mut self,
+        run: &mut std::vec::IntoIter<Batch>,
+    ) -> Result<Vec<Ack>, SinkError> {
         match self {
-            Delivery::File(_) => vec![run],
-            Delivery::Http(_) => run.into_iter().map(|batch| vec![batch]).collect(),
-        }
-    }
-
-    /// [`Delivery::send`] for several batches in order.
-    pub async fn send_all(&mut self, batches: Vec<Batch>) -> Result<Vec<Ack>, SinkError> {
-        match self {
-            Delivery::File(delivery) => delivery.send_run(batches).await,
-            Delivery::Http(delivery) => {
-                let mut acks = Vec::new();
-                for batch in batches {
-                    acks.extend(delivery.send(batch).await?);
-                }
-                Ok(acks)
-            }
+            Delivery::File(delivery) => delivery.send_run(run.collect()).await,
+            Delivery::Http(delivery) => match run.next() {
+                Some(batch) => delivery.send(batch).await,
+                None => Ok(Vec::new()),
+            },
         }
     }
 
